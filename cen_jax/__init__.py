@@ -1,0 +1,1 @@
+"""cen-jax: Channel-Exchanging Networks (NeurIPS 2020, TPAMI) in JAX/Flax."""

@@ -1,0 +1,44 @@
+"""CEN models and the factory that builds them from ``config.model``."""
+
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+from cen_jax import exchange
+from cen_jax.models.cen import BN_MODES, CEN, bn2_scales
+from cen_jax.models.resnet import STAGE_SIZES
+
+__all__ = ['BN_MODES', 'CEN', 'STAGE_SIZES', 'bn2_scales', 'build']
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _choice(table: Mapping[Any, Any], key: Any, what: str) -> Any:
+  if key not in table:
+    raise ValueError(f'Unknown {what} {key!r}; choose one of {list(table)}.')
+  return table[key]
+
+
+def build(model_config: Mapping[str, Any]) -> CEN:
+  """Builds ``CEN`` from a ``config.model`` ConfigDict (or a plain dict).
+
+  Fields: ``depth`` (50, 101, 152 or 'tiny'), ``num_classes``, ``width``,
+  ``decoder_features``, ``exchange`` and ``exchange_kwargs``, ``bn_mode``,
+  ``bn_momentum``, ``bn_epsilon``, ``dropout_rate``, ``dtype``. See
+  ``configs/default.py`` for their meaning and defaults.
+  """
+  cfg = dict(model_config)
+  kwargs = dict(cfg.get('exchange_kwargs') or {})
+  return CEN(
+      num_classes=cfg['num_classes'],
+      stage_sizes=_choice(STAGE_SIZES, cfg['depth'], 'ResNet depth'),
+      exchange=exchange.get(cfg['exchange'], **kwargs),
+      width=cfg.get('width', 64),
+      decoder_features=tuple(cfg.get('decoder_features', (512, 256))),
+      bn_mode=_choice({m: m for m in BN_MODES}, cfg.get('bn_mode', 'frozen'),
+                      'bn_mode'),
+      bn_momentum=cfg.get('bn_momentum', 0.9),
+      bn_epsilon=cfg.get('bn_epsilon', 1e-5),
+      dropout_rate=cfg.get('dropout_rate', 0.5),
+      dtype=_choice(DTYPES, cfg.get('dtype', 'float32'), 'dtype'),
+  )

@@ -1,0 +1,102 @@
+"""The CEN segmentation network: shared ResNet + RefineNet, private BNs.
+
+``CEN`` maps modality-major inputs ``(M, B, H, W, 3)`` to per-modality logits
+at 1/4 resolution and their learned softmax ensemble (reference §2.5).
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cen_jax.models import layers
+from cen_jax.models import refinenet
+from cen_jax.models import resnet
+
+BN_MODES = ('frozen', 'batch')
+
+
+class CEN(nn.Module):
+  """Channel-Exchanging Network for dense prediction.
+
+  Attributes:
+    num_classes: K.
+    stage_sizes: ResNet blocks per stage (``resnet.STAGE_SIZES``).
+    exchange: ``fn(x, scale, *, site) -> x`` (``cen_jax.exchange.get``).
+    width: ResNet stem width (64 for the official models).
+    decoder_features: RefineNet widths (512, 256 officially).
+    bn_mode: ``'frozen'``: BN always normalises with its stored running
+      statistics and never updates them, while scale and bias still train
+      (the official recipe); ``'batch'``: batch statistics in training,
+      running averages at evaluation.
+    bn_momentum: Flax momentum of the running averages (PyTorch 0.1 = 0.9).
+    bn_epsilon: BN epsilon.
+    dropout_rate: decoder dropout in training.
+    dtype: computation dtype (parameters stay float32; logits are float32).
+  """
+  num_classes: int
+  stage_sizes: Sequence[int]
+  exchange: Callable[..., jnp.ndarray]
+  width: int = 64
+  decoder_features: Sequence[int] = (512, 256)
+  bn_mode: str = 'frozen'
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *,
+               train: bool = False) -> dict[str, jnp.ndarray]:
+    """Runs the network.
+
+    Args:
+      x: ``(M, B, H, W, 3)`` float inputs, one slice per modality.
+      train: enables dropout and, in ``'batch'`` BN mode, batch statistics
+        (then ``batch_stats`` must be mutable).
+
+    Returns:
+      ``'modality_logits'`` ``(M, B, ceil(H/4), ceil(W/4), K)``,
+      ``'ensemble_logits'`` ``(B, ceil(H/4), ceil(W/4), K)`` and ``'alpha'``,
+      the softmax ensemble weights ``(M,)``. All float32.
+    """
+    if self.bn_mode not in BN_MODES:
+      raise ValueError(f'bn_mode {self.bn_mode!r} not in {BN_MODES}')
+    num_modalities, batch = x.shape[:2]
+    norm = layers.private_norm(
+        use_running_average=self.bn_mode == 'frozen' or not train,
+        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype)
+    feats = resnet.ResNetEncoder(
+        self.stage_sizes, self.exchange, norm, width=self.width,
+        dtype=self.dtype, name='encoder')(x.astype(self.dtype))
+    # The decoder is fully shared and BN-free: fold M into the batch.
+    feats = [f.reshape((-1,) + f.shape[2:]) for f in feats]
+    logits = refinenet.RefineNetDecoder(
+        self.num_classes, self.decoder_features, self.dropout_rate,
+        self.dtype, name='decoder')(feats, train=train)
+    logits = logits.astype(jnp.float32)
+    logits = logits.reshape((num_modalities, batch) + logits.shape[1:])
+    alpha = self.param('alpha', nn.initializers.ones, (num_modalities,),
+                       jnp.float32)
+    alpha_soft = jax.nn.softmax(alpha)
+    # The ensemble trains only alpha: the branch logits are detached.
+    detached = jax.lax.stop_gradient(logits)
+    ensemble = alpha_soft[0] * detached[0]
+    for m in range(1, num_modalities):
+      ensemble = ensemble + alpha_soft[m] * detached[m]
+    return {
+        'modality_logits': logits,
+        'ensemble_logits': ensemble,
+        'alpha': alpha_soft,
+    }
+
+
+def bn2_scales(params: Any) -> dict[str, jnp.ndarray]:
+  """``{site: (M, C) bn2 scale}`` for every Bottleneck, in network order."""
+  out = {}
+  for name, sub in params['encoder'].items():
+    if name.startswith('layer'):
+      stage, block = name[len('layer'):].split('_')
+      out[(int(stage), int(block))] = sub['bn2']['scale']
+  return {resnet.site_name(*k): out[k] for k in sorted(out)}

@@ -1,0 +1,112 @@
+"""The official (heavy, 3x3) RefineNet decoder, shared by all modalities.
+
+Names are the official attribute names so that official weights map one to
+one (reference §2.4). There is no BatchNorm in the decoder, so it runs on the
+modalities folded into the batch: ``(M * B, H, W, C)``.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cen_jax import resize
+from cen_jax.models import layers
+
+
+def _conv3x3(features: int, x: jnp.ndarray, name: str, dtype: Any,
+             use_bias: bool = False) -> jnp.ndarray:
+  return layers.conv(features, 3, in_features=x.shape[-1], use_bias=use_bias,
+                     dtype=dtype, name=name)(x)
+
+
+class RCUBlock(nn.Module):
+  """Chained residual conv units.
+
+  The official in-place ReLU aliases the residual, so each unit computes
+  ``conv_b(relu(conv_a(relu(x)))) + relu(x)``: the skip carries relu(x).
+  """
+  features: int
+  num_blocks: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    for i in range(1, self.num_blocks + 1):
+      skip = nn.relu(x)
+      x = _conv3x3(self.features, skip, f'{i}_conv', self.dtype,
+                   use_bias=True)
+      x = _conv3x3(self.features, nn.relu(x), f'{i}_conv_relu_varout_dimred',
+                   self.dtype)
+      x = x + skip
+    return x
+
+
+class CRPBlock(nn.Module):
+  """Chained residual pooling: 4 stages of 5x5 stride-1 max-pool + conv."""
+  features: int
+  num_stages: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    top = x
+    for k in range(1, self.num_stages + 1):
+      top = _conv3x3(self.features, layers.max_pool(top, 5, 1),
+                     f'{k}_outvar_dimred', self.dtype)
+      x = x + top
+    return x
+
+
+def _upsample_to(x: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+  return resize.resize_bilinear(x, like.shape[1:3], align_corners=True)
+
+
+class RefineNetDecoder(nn.Module):
+  """Four refinement stages from l4 (stride 32) down to stride 4 logits.
+
+  Attributes:
+    num_classes: K.
+    features: widths of the l4 path and of the other paths (512, 256).
+    dropout_rate: dropout on l4, l3 and the final feature in training.
+    dtype: computation dtype.
+  """
+  num_classes: int
+  features: Sequence[int] = (512, 256)
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  def _refine(self, level: jnp.ndarray, top: jnp.ndarray, g: int,
+              final: bool) -> jnp.ndarray:
+    f = self.features[1]
+    x = _conv3x3(f, level, f'p_ims1d2_outl{g}_dimred', self.dtype)
+    x = RCUBlock(f, 2, self.dtype, name=f'adapt_stage{g}_b')(x)
+    x = _conv3x3(f, x, f'adapt_stage{g}_b2_joint_varout_dimred', self.dtype)
+    x = nn.relu(x + top)
+    x = CRPBlock(f, dtype=self.dtype, name=f'mflow_conv_g{g}_pool')(x)
+    x = RCUBlock(f, 3, self.dtype, name=f'mflow_conv_g{g}_b')(x)
+    if not final:
+      x = _conv3x3(f, x, f'mflow_conv_g{g}_b3_joint_varout_dimred',
+                   self.dtype)
+    return x
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jnp.ndarray], *,
+               train: bool) -> jnp.ndarray:
+    """Decodes l1..l4, each ``(N, h_s, w_s, C_s)``, to ``(N, h1, w1, K)``."""
+    l1, l2, l3, l4 = feats
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    l4, l3 = drop(l4), drop(l3)
+    f0 = self.features[0]
+    x = _conv3x3(f0, l4, 'p_ims1d2_outl1_dimred', self.dtype)
+    x = nn.relu(RCUBlock(f0, 2, self.dtype, name='adapt_stage1_b')(x))
+    x = CRPBlock(f0, dtype=self.dtype, name='mflow_conv_g1_pool')(x)
+    x = RCUBlock(f0, 3, self.dtype, name='mflow_conv_g1_b')(x)
+    x = _conv3x3(self.features[1], x, 'mflow_conv_g1_b3_joint_varout_dimred',
+                 self.dtype)
+    x = self._refine(l3, _upsample_to(x, l3), 2, final=False)
+    x = self._refine(l2, _upsample_to(x, l2), 3, final=False)
+    x = self._refine(l1, _upsample_to(x, l1), 4, final=True)
+    x = drop(x)
+    return _conv3x3(self.num_classes, x, 'clf_conv', self.dtype,
+                    use_bias=True)

@@ -1,0 +1,120 @@
+"""ResNet v1.5 encoder with shared convs, private BNs and bn2 channel exchange.
+
+The torchvision layout the official code uses: Bottleneck blocks with the
+stride on the 3x3 conv, a downsample branch in block 0 of every stage, and
+(the CEN part) a channel exchange after every bn2, before its ReLU, in
+training and evaluation alike (reference §2.2-2.3).
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cen_jax.models import layers
+
+STAGE_SIZES = {
+    'tiny': (1, 1, 1, 1),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+EXPANSION = 4
+
+
+def site_name(stage: int, block: int) -> str:
+  """The official name of a block, ``'layer1.0'``: the exchange site."""
+  return f'layer{stage}.{block}'
+
+
+def module_name(stage: int, block: int) -> str:
+  """Flax name of a block (Flax names cannot contain dots)."""
+  return f'layer{stage}_{block}'
+
+
+class Bottleneck(nn.Module):
+  """torchvision Bottleneck over ``(M, B, H, W, C)`` with bn2 exchange.
+
+  Attributes:
+    planes: width of the 1x1 and 3x3 convs; the output has 4x as many.
+    stride: stride of the 3x3 conv (v1.5) and of the downsample conv.
+    downsample: whether the residual goes through conv 1x1 + private BN.
+    site: the exchange site's name, e.g. ``'layer1.0'``.
+    exchange: ``fn(x, scale, *, site) -> x`` from ``cen_jax.exchange``.
+    norm: private BatchNorm factory.
+    dtype: computation dtype of the convs.
+  """
+  planes: int
+  stride: int
+  downsample: bool
+  site: str
+  exchange: Callable[..., jnp.ndarray]
+  norm: Callable[..., nn.Module]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    cin = x.shape[-1]
+    out = self.planes * EXPANSION
+    y = layers.conv(self.planes, 1, in_features=cin, dtype=self.dtype,
+                    name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = layers.conv(self.planes, 3, in_features=self.planes,
+                    stride=self.stride, dtype=self.dtype, name='conv2')(y)
+    bn2 = self.norm(name='bn2')
+    y = bn2(y)
+    self.sow('intermediates', 'bn2_out', y)
+    y = self.exchange(y, bn2.variables['params']['scale'], site=self.site)
+    self.sow('intermediates', 'bn2_exchanged', y)
+    y = nn.relu(y)
+    y = layers.conv(out, 1, in_features=self.planes, dtype=self.dtype,
+                    name='conv3')(y)
+    y = self.norm(name='bn3')(y)
+    if self.downsample:
+      x = layers.conv(out, 1, in_features=cin, stride=self.stride,
+                      dtype=self.dtype, name='downsample_conv')(x)
+      x = self.norm(name='downsample_bn')(x)
+    return nn.relu(y + x)
+
+
+class ResNetEncoder(nn.Module):
+  """Stem and four stages; returns the stage outputs l1..l4.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. ``(3, 4, 23, 3)`` for ResNet-101.
+    exchange: the exchange function applied after every bn2.
+    norm: private BatchNorm factory (decides frozen or batch statistics).
+    width: stem width and planes of stage 1 (64 in every official model).
+    dtype: computation dtype of the convs.
+  """
+  stage_sizes: Sequence[int]
+  exchange: Callable[..., jnp.ndarray]
+  norm: Callable[..., nn.Module]
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+    """Encodes ``(M, B, H, W, 3)`` into four ``(M, B, h_s, w_s, C_s)``."""
+    x = layers.conv(self.width, 7, in_features=x.shape[-1], stride=2,
+                    dtype=self.dtype, name='conv1')(x)
+    x = nn.relu(self.norm(name='bn1')(x))
+    lead = x.shape[:2]
+    x = layers.max_pool(x.reshape((-1,) + x.shape[2:]), 3, 2)
+    x = x.reshape(lead + x.shape[1:])
+    self.sow('intermediates', 'stem', x)
+    features = []
+    for s, num_blocks in enumerate(self.stage_sizes):
+      for i in range(num_blocks):
+        x = Bottleneck(
+            planes=self.width * 2**s,
+            stride=2 if (s > 0 and i == 0) else 1,
+            downsample=i == 0,
+            site=site_name(s + 1, i),
+            exchange=self.exchange,
+            norm=self.norm,
+            dtype=self.dtype,
+            name=module_name(s + 1, i))(x)
+      self.sow('intermediates', f'l{s + 1}', x)
+      features.append(x)
+    return features
