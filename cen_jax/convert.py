@@ -239,7 +239,9 @@ def from_torchvision_resnet(state_dict: Mapping[str, Any],
     if key.startswith('fc.'):
       continue
     *mod, field = key.split('.')
-    if field in _BN_FIELDS or field == 'num_batches_tracked':
+    value = _as_numpy(value)
+    if field == 'num_batches_tracked' or (field in _BN_FIELDS and
+                                          value.ndim == 1):
       for m in range(num_modalities):
         official['.'.join(mod + [f'bn_{m}', field])] = value
     else:
@@ -260,3 +262,54 @@ def load_torchvision_resnet(path: str, variables: Any) -> dict[str, Any]:
   state_dict = _torch_load(path, allow_pickle=False)
   return from_torchvision_resnet(
       {k: _as_numpy(v) for k, v in state_dict.items()}, variables)
+
+
+def _official_module_path(path: tuple[str, ...]) -> list[str]:
+  """Inverse of ``_module_path`` for one Flax module path."""
+  top, *rest = path
+  if top == 'decoder':
+    block, *unit = rest
+    return [block, '0', *unit] if unit else [block]
+  out = []
+  for p in rest:
+    if p.startswith('layer'):
+      out += p.split('_')
+    elif p.startswith('downsample_'):
+      out += ['downsample', '0' if p == 'downsample_conv' else '1']
+    else:
+      out.append(p)
+  return out
+
+
+def to_torch_state_dict(variables: Any) -> dict[str, np.ndarray]:
+  """Flax variables -> official key layout (no ``module.`` prefix).
+
+  The inverse of ``from_torch_state_dict``: conv kernels back to OIHW, BN
+  rows to ``bn_<m>`` entries with ``num_batches_tracked = 0``. Lets a model
+  trained here be loaded by the official PyTorch code.
+  """
+  flat = flax.traverse_util.flatten_dict(
+      jax.tree.map(np.asarray, flax.core.unfreeze(dict(variables))))
+  inverse = {v: k for k, v in _BN_FIELDS.items()}
+  bn_modules = {tuple(p[1:-1]) for p in flat
+                if p[0] == 'params' and p[-1] == 'scale'}
+  out = {}
+  for (collection, *path), value in flat.items():
+    if collection not in ('params', 'batch_stats'):
+      continue
+    if path == ['alpha']:
+      out['alpha'] = value
+      continue
+    *module, leaf = path
+    base = '.'.join(_official_module_path(tuple(module)))
+    if tuple(module) in bn_modules:
+      field = inverse[(collection, leaf)]
+      for m in range(value.shape[0]):
+        out[f'{base}.bn_{m}.{field}'] = value[m]
+        out[f'{base}.bn_{m}.num_batches_tracked'] = np.zeros((), np.int64)
+    else:
+      field = 'weight' if leaf == 'kernel' else 'bias'
+      if value.ndim == 4:
+        value = np.transpose(value, (3, 2, 0, 1))  # HWIO -> OIHW
+      out[f'{base}.module.{field}'] = value
+  return out
