@@ -1,0 +1,271 @@
+"""Orbax checkpoints of the train state and the data iterator, plus config.json.
+
+Layout under the workdir::
+
+  workdir/config.json
+  workdir/checkpoints/latest/<step>/{state,data}   rolling, for resume
+  workdir/checkpoints/best/<step>/{state,data,metrics}
+                                                   the best eval metric
+
+Each step directory holds ``state``, a plain dict pytree (``params``,
+``batch_stats``, ``opt_state``, ``step``, ...) saved with
+``StandardSave``, and ``data``, the input iterator's state saved with
+``JsonSave`` (wrapped so that grain's ``DatasetIterator`` dict and
+``DataLoaderIterator`` bytes both round-trip). Orbax writes each step to a
+``<step>.orbax-checkpoint-tmp*`` directory and renames it once complete, so a
+process killed mid-save leaves the previous step intact; the leftover
+temporary directory is deleted when the next :class:`Checkpointer` opens.
+
+The data state is written by the primary process only: with several
+processes, each holding its own iterator state, use grain's per-process
+``grain.checkpoint.CheckpointHandler`` instead.
+"""
+
+import base64
+import functools
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+_LATEST = 'latest'
+_BEST = 'best'
+
+
+class Restored(NamedTuple):
+  """A restored checkpoint; unpacks as ``state, data_state, step``.
+
+  Attributes:
+    state: the state pytree, with the template's structure, dtypes and
+      shardings.
+    data_state: the data iterator's state as it was given to the save
+      (a JSON-able dict or bytes), or ``None`` if none was saved.
+    step: the checkpoint's step.
+  """
+  state: Any
+  data_state: Any
+  step: int
+
+
+def _encode_data_state(data_state: Any) -> dict[str, Any]:
+  """Wraps an iterator state for ``JsonSave``; bytes go through base64."""
+  if data_state is None:
+    return {'kind': 'none'}
+  if isinstance(data_state, bytes):
+    return {'kind': 'bytes', 'value': base64.b64encode(data_state).decode()}
+  return {'kind': 'json', 'value': data_state}
+
+
+def _decode_data_state(stored: Mapping[str, Any]) -> Any:
+  """Inverse of :func:`_encode_data_state`."""
+  if stored['kind'] == 'bytes':
+    return base64.b64decode(stored['value'])
+  return stored.get('value')
+
+
+def _save_args(state: Any, data_state: Any) -> ocp.args.Composite:
+  return ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave(_encode_data_state(data_state)))
+
+
+def _metric_value(metrics: Mapping[str, float], name: str) -> float:
+  return metrics[name]
+
+
+def _manager(directory: epath.Path, preservation_policy: Any,
+             async_save: bool,
+             best_fn: Any = None) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=preservation_policy,
+      best_fn=best_fn,  # also makes orbax persist the metrics it ranks by
+      best_mode='max',
+      # Leftovers of a save killed before its rename are never restorable.
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=async_save,
+  )
+  return ocp.CheckpointManager(directory, options=options)
+
+
+class Checkpointer:
+  """The rolling ``latest`` and the ``best`` checkpoints of one run.
+
+  Saves are asynchronous by default: ``save_*`` returns once the arrays are
+  on the host (on CPU, XLA then declines to donate a buffer orbax is still
+  writing), so the caller may donate them to the next step right away, and
+  the write finishes in a background thread. Call :meth:`close` (or use the
+  object as a context manager) before the process exits.
+
+  Args:
+    workdir: the run's directory (local path or ``gs://``).
+    keep_latest: how many ``latest`` checkpoints to keep.
+    metric_name: name under which :meth:`save_best` records its metric.
+    async_save: write in a background thread.
+  """
+
+  def __init__(self, workdir: epath.PathLike, *, keep_latest: int = 2,
+               metric_name: str = 'miou', async_save: bool = True):
+    if keep_latest < 1:
+      raise ValueError(f'keep_latest must be >= 1: {keep_latest}.')
+    root = epath.Path(workdir) / 'checkpoints'
+    self._metric_name = metric_name
+    self._latest = _manager(
+        root / _LATEST, ocp.checkpoint_managers.LatestN(n=keep_latest),
+        async_save)
+    get_metric = functools.partial(_metric_value, name=metric_name)
+    self._best = _manager(
+        root / _BEST,
+        ocp.checkpoint_managers.BestN(
+            get_metric_fn=get_metric, n=1,
+            keep_checkpoints_without_metrics=False),
+        async_save, best_fn=get_metric)
+    self._best_value = self._stored_best_value()
+
+  def _stored_best_value(self) -> float | None:
+    step = self._best.best_step()
+    if step is None:
+      return None
+    return float(self._best.metrics(step)[self._metric_name])
+
+  @property
+  def latest_step(self) -> int | None:
+    """Step of the newest ``latest`` checkpoint, or ``None``."""
+    return self._latest.latest_step()
+
+  @property
+  def best_step(self) -> int | None:
+    """Step of the ``best`` checkpoint, or ``None``."""
+    return self._best.best_step()
+
+  @property
+  def best_value(self) -> float | None:
+    """The metric of the ``best`` checkpoint, or ``None`` before the first."""
+    return self._best_value
+
+  def save_latest(self, step: int, state: Any, data_state: Any = None) -> bool:
+    """Saves ``state`` and the iterator state as the newest ``latest`` step.
+
+    Args:
+      step: the number of completed updates.
+      state: plain dict pytree of arrays and scalars.
+      data_state: the iterator's ``get_state()`` (JSON-able dict or bytes).
+
+    Returns:
+      ``False`` (and saves nothing) if ``step`` is already saved.
+    """
+    if step in self._latest.all_steps():
+      return False
+    return self._latest.save(step, args=_save_args(state, data_state),
+                             force=True)
+
+  def save_best(self, step: int, state: Any, metric: float,
+                data_state: Any = None) -> bool:
+    """Saves ``state`` as ``best`` if ``metric`` beats every earlier one.
+
+    Higher is better; ties and NaN do not count as improvements. The best
+    value so far survives restarts (orbax stores it beside the checkpoint).
+
+    Args:
+      step: the number of completed updates.
+      state: plain dict pytree of arrays and scalars.
+      metric: the selection metric, e.g. the ensemble mIoU.
+      data_state: optional iterator state to store alongside.
+
+    Returns:
+      Whether a checkpoint was written.
+    """
+    metric = float(metric)
+    if math.isnan(metric):
+      return False
+    improved = self._best_value is None or metric > self._best_value
+    if not improved or step in self._best.all_steps():
+      return False
+    saved = self._best.save(step, args=_save_args(state, data_state),
+                            metrics={self._metric_name: metric}, force=True)
+    if saved:
+      self._best_value = metric
+    return saved
+
+  def restore_latest(self, template: Any) -> Restored | None:
+    """Restores the newest ``latest`` checkpoint, or ``None`` if none exists.
+
+    Args:
+      template: pytree like the saved state whose leaves (``jax.Array``,
+        ``jax.ShapeDtypeStruct`` with a ``sharding``, NumPy arrays or
+        Python scalars) give the shapes, dtypes and shardings to restore to.
+
+    Returns:
+      ``Restored(state, data_state, step)`` or ``None``.
+    """
+    return self._restore(self._latest, self.latest_step, template)
+
+  def restore_best(self, template: Any) -> Restored | None:
+    """Restores the ``best`` checkpoint (see :meth:`restore_latest`)."""
+    return self._restore(self._best, self.best_step, template)
+
+  def restore(self, step: int, template: Any, *,
+              best: bool = False) -> Restored:
+    """Restores a given step of ``latest`` (or of ``best`` when ``best``).
+
+    Raises:
+      FileNotFoundError: if that step is not saved.
+    """
+    manager = self._best if best else self._latest
+    if step not in manager.all_steps():
+      raise FileNotFoundError(
+          f'No step {step} in {manager.directory}: {manager.all_steps()}.')
+    return self._restore(manager, step, template)
+
+  def _restore(self, manager: ocp.CheckpointManager, step: int | None,
+               template: Any) -> Restored | None:
+    if step is None:
+      return None
+    # An async save of this very step may still be in flight.
+    manager.wait_until_finished()
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(template),
+        data=ocp.args.JsonRestore()))
+    return Restored(restored.state, _decode_data_state(restored.data), step)
+
+  def wait_until_finished(self) -> None:
+    """Blocks until every pending save is on disk."""
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    """Finishes pending saves and releases orbax's threads."""
+    self._latest.close()
+    self._best.close()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+
+def write_config_json(workdir: epath.PathLike,
+                      config: Mapping[str, Any]) -> epath.Path:
+  """Writes ``workdir/config.json`` (primary process only), atomically.
+
+  Args:
+    workdir: the run's directory; created if missing.
+    config: a plain nested mapping, e.g. ``ConfigDict.to_dict()``. Values
+      JSON cannot encode are written as their ``str``.
+
+  Returns:
+    The path of ``config.json``.
+  """
+  path = epath.Path(workdir) / 'config.json'
+  if jax.process_index() != 0:
+    return path
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / 'config.json.tmp'
+  tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+  # A rename, so a reader (or a killed writer) never sees half a file.
+  tmp.replace(path)
+  return path

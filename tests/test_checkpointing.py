@@ -1,0 +1,198 @@
+"""Tests for cen_jax.checkpointing: round trips, best, resume, sharding."""
+
+import json
+import math
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cen_jax import checkpointing
+
+
+def _state(seed: int, step: int) -> dict:
+  """A small train state whose every leaf is non-trivial."""
+  keys = jax.random.split(jax.random.key(seed), 4)
+  params = {'conv1': {'kernel': jax.random.normal(keys[0], (3, 3, 2, 4))},
+            'clf': {'bias': jax.random.normal(keys[1], (5,))}}
+  batch_stats = {'bn1': {'mean': jax.random.normal(keys[2], (2, 4)),
+                         'var': jax.random.uniform(keys[3], (2, 4))}}
+  tx = optax.sgd(0.1, momentum=0.9)
+  grads = jax.tree.map(lambda p: p * 0.5 + 1, params)
+  _, opt_state = tx.update(grads, tx.init(params), params)
+  return {'params': params, 'batch_stats': batch_stats,
+          'opt_state': opt_state, 'step': step}
+
+
+def _template(state: dict) -> dict:
+  """Zeros shaped like ``state``; Python scalars stay Python scalars."""
+  return jax.tree.map(
+      lambda x: jnp.zeros_like(x) if isinstance(x, jax.Array) else type(x)(),
+      state)
+
+
+def _assert_trees_equal(got, want) -> None:
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want),
+                  strict=True):
+    assert np.asarray(g).dtype == np.asarray(w).dtype
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_latest_round_trip_is_bit_exact(tmp_path):
+  state = _state(0, 7)
+  data_state = {'next_index': 42, 'epoch': [1, 2]}
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.save_latest(7, state, data_state)
+    got = ckpt.restore_latest(_template(state))
+  assert got.step == 7
+  assert got.data_state == data_state
+  _assert_trees_equal(got.state, state)
+  assert got.state['step'] == 7
+  assert isinstance(got.state['opt_state'][0], optax.TraceState)
+  restored_state, restored_data, step = got  # unpacks as a triple
+  assert step == 7 and restored_data == data_state
+  assert restored_state is got.state
+
+
+def test_resume_on_an_empty_workdir_returns_none(tmp_path):
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step is None
+    assert ckpt.restore_latest({'x': jnp.zeros(3)}) is None
+    assert ckpt.restore_best({'x': jnp.zeros(3)}) is None
+    assert ckpt.best_value is None
+
+
+def test_bytes_data_state_round_trip(tmp_path):
+  # grain's DataLoaderIterator returns bytes; any bytes must survive.
+  data_state = b'{"last_seen_indices": {"0": 11}}\x00\xff'
+  state = {'x': jnp.arange(3.0)}
+  with checkpointing.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save_latest(1, state, data_state)
+    assert ckpt.restore_latest(_template(state)).data_state == data_state
+    ckpt.save_latest(2, state)
+    assert ckpt.restore_latest(_template(state)).data_state is None
+
+
+def test_grain_iterator_resumes_where_it_stopped(tmp_path):
+  dataset = grain.MapDataset.range(20).shuffle(seed=3).batch(2)
+  iterator = iter(dataset.to_iter_dataset())
+  for _ in range(3):
+    next(iterator)
+  state = {'x': jnp.ones(2)}
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(3, state, iterator.get_state())
+    expected = [next(iterator) for _ in range(2)]
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    data_state = ckpt.restore_latest(_template(state)).data_state
+  resumed = iter(dataset.to_iter_dataset())
+  resumed.set_state(data_state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed), want)
+
+
+def test_latest_keeps_the_newest_and_restores_a_given_step(tmp_path):
+  with checkpointing.Checkpointer(tmp_path, keep_latest=2) as ckpt:
+    for step in (1, 2, 3):
+      assert ckpt.save_latest(step, _state(step, step), {'i': step})
+    assert not ckpt.save_latest(3, _state(0, 3))  # already saved
+    ckpt.wait_until_finished()
+    latest_dir = tmp_path / 'checkpoints' / 'latest'
+    assert sorted(p.name for p in latest_dir.iterdir()) == ['2', '3']
+    got = ckpt.restore(2, _template(_state(0, 0)))
+    _assert_trees_equal(got.state, _state(2, 2))
+    assert (got.data_state, got.step) == ({'i': 2}, 2)
+    with pytest.raises(FileNotFoundError):
+      ckpt.restore(1, _template(_state(0, 0)))
+
+
+def test_best_only_on_improvement_across_restarts(tmp_path):
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.save_best(10, _state(10, 10), 40.0)
+    assert not ckpt.save_best(20, _state(20, 20), 35.0)  # worse
+    assert not ckpt.save_best(30, _state(30, 30), 40.0)  # a tie
+    assert not ckpt.save_best(35, _state(35, 35), math.nan)
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    assert (ckpt.best_step, ckpt.best_value) == (10, 40.0)
+    assert not ckpt.save_best(40, _state(40, 40), 39.9)
+    assert ckpt.save_best(50, _state(50, 50), 45.5)
+    assert ckpt.latest_step is None  # best never touches latest
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    assert (ckpt.best_step, ckpt.best_value) == (50, 45.5)
+    got = ckpt.restore_best(_template(_state(0, 0)))
+    _assert_trees_equal(got.state, _state(50, 50))
+    assert got.step == 50
+    # A run resumed from an older `latest` may beat the best at a lower step.
+    assert ckpt.save_best(45, _state(45, 45), 46.0)
+    assert (ckpt.best_step, ckpt.best_value) == (45, 46.0)
+  best_dir = tmp_path / 'checkpoints' / 'best'
+  assert [p.name for p in best_dir.iterdir()] == ['45']  # keep 1
+
+
+def test_restore_into_a_sharded_template_keeps_its_sharding(tmp_path):
+  mesh = jax.make_mesh((4,), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  rows = NamedSharding(mesh, P('data'))
+  state = {'w': jnp.arange(24.0).reshape(8, 3), 'b': jnp.arange(3.0),
+           'step': 5}
+  template = {
+      'w': jax.ShapeDtypeStruct((8, 3), jnp.float32, sharding=rows),
+      'b': jax.device_put(jnp.zeros(3), replicated),  # a concrete leaf
+      'step': 0,
+  }
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(5, state)
+    got = ckpt.restore_latest(template).state
+  assert got['w'].sharding == rows
+  assert got['b'].sharding == replicated
+  _assert_trees_equal(got, state)
+
+
+def test_async_save_survives_donating_the_saved_arrays(tmp_path):
+  # The trainer donates its state to the next step right after saving.
+  x = jax.random.normal(jax.random.key(1), (512, 1024))
+  # Not np.asarray(x): a host view of x would keep XLA from donating it.
+  want = np.asarray(jax.random.normal(jax.random.key(1), (512, 1024)))
+  overwrite = jax.jit(lambda s: {'x': s['x'] * 0 - 1}, donate_argnums=0)
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(1, {'x': x})
+    out = overwrite({'x': x})
+    # On CPU, XLA declines the donation while orbax still holds a host view
+    # of x; on accelerators orbax has copied x off the device. Either way
+    # the checkpoint must hold the values from before the step.
+    jax.block_until_ready(out)
+    got = ckpt.restore_latest({'x': jnp.zeros_like(out['x'])})
+  np.testing.assert_array_equal(np.asarray(got.state['x']), want)
+
+
+def test_a_save_killed_before_its_rename_is_ignored(tmp_path):
+  state = _state(0, 3)
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(3, state)
+  # What a process killed while writing step 9 leaves behind.
+  stale = tmp_path / 'checkpoints' / 'latest' / '9.orbax-checkpoint-tmp-17'
+  (stale / 'state').mkdir(parents=True)
+  (stale / 'state' / 'partial').write_text('garbage')
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    got = ckpt.restore_latest(_template(state))
+  assert got.step == 3
+  _assert_trees_equal(got.state, state)
+  assert not stale.exists()
+
+
+def test_write_config_json(tmp_path):
+  workdir = tmp_path / 'run'
+  config = {'model': {'depth': 101, 'exchange': 'bn_l1'},
+            'lrs': (5e-4, 2.5e-4), 'dtype': np.float32}
+  path = checkpointing.write_config_json(workdir, config)
+  assert path == workdir / 'config.json'
+  assert json.loads(path.read_text()) == {
+      'dtype': str(np.float32), 'lrs': [5e-4, 2.5e-4],
+      'model': {'depth': 101, 'exchange': 'bn_l1'}}
+  assert [p.name for p in workdir.iterdir()] == ['config.json']
