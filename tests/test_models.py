@@ -1,0 +1,111 @@
+"""The model's public contract: shapes, sizes, ensemble, BN modes, M."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cen_jax import models
+from tests import parity_utils as pu
+
+TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,
+            decoder_features=(16, 8), dropout_rate=0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _init(cfg_items, shape):
+  model = models.build(dict(cfg_items))
+  v = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(0), jnp.zeros(shape))
+  return model, v
+
+
+def _tiny(shape=(2, 2, 37, 50, 3), **overrides):
+  return _init(tuple(sorted({**TINY, **overrides}.items())), shape)
+
+
+@pytest.mark.parametrize('depth', [50, 101, 152])
+def test_parameter_count_equals_official(depth):
+  model = models.build(dict(depth=depth, num_classes=40,
+                            exchange='bn_threshold'))
+  shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.key(0), jnp.zeros((2, 1, 64, 64, 3)))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      shapes['params']))
+  official = sum(int(np.prod(s)) for k, s in pu.key_shapes(depth).items()
+                 if not k.endswith(('running_mean', 'running_var',
+                                    'num_batches_tracked')))
+  assert count == official
+  if depth == 101:
+    assert count == 118_201_578
+
+
+def test_output_contract_and_ensemble_on_odd_sizes():
+  model, v = _tiny()
+  x = jax.random.normal(jax.random.key(1), (2, 2, 37, 50, 3))
+  alpha = jnp.array([0.3, -0.2])
+  v = {**v, 'params': {**v['params'], 'alpha': alpha}}
+  out = jax.jit(functools.partial(model.apply, train=False))(v, x)
+  assert out['modality_logits'].shape == (2, 2, 10, 13, 5)
+  assert out['ensemble_logits'].shape == (2, 10, 13, 5)
+  a = np.exp([0.3, -0.2]) / np.exp([0.3, -0.2]).sum()
+  np.testing.assert_allclose(out['alpha'], a, rtol=1e-6)
+  np.testing.assert_allclose(
+      out['ensemble_logits'],
+      a[0] * out['modality_logits'][0] + a[1] * out['modality_logits'][1],
+      rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('num_modalities', [1, 3])
+def test_any_number_of_modalities(num_modalities):
+  shape = (num_modalities, 1, 32, 32, 3)
+  model, v = _tiny(shape)
+  assert v['params']['alpha'].shape == (num_modalities,)
+  assert v['params']['encoder']['layer1_0']['bn2']['scale'].shape == (
+      num_modalities, 8)
+  out = jax.jit(functools.partial(model.apply, train=False))(
+      v, jnp.ones(shape))
+  assert out['modality_logits'].shape == (num_modalities, 1, 8, 8, 5)
+  if num_modalities == 1:  # the unimodal baseline: ensemble = its logits
+    np.testing.assert_allclose(out['ensemble_logits'],
+                               out['modality_logits'][0], rtol=1e-6)
+
+
+def test_frozen_bn_trains_with_running_statistics():
+  model, v = _tiny()
+  x = jax.random.normal(jax.random.key(2), (2, 2, 37, 50, 3))
+  out_eval = model.apply(v, x, train=False)
+  out_train, updates = model.apply(v, x, train=True, mutable=['batch_stats'],
+                                   rngs={'dropout': jax.random.key(0)})
+  np.testing.assert_array_equal(out_train['modality_logits'],
+                                out_eval['modality_logits'])
+  jax.tree.map(np.testing.assert_array_equal, updates['batch_stats'],
+               v['batch_stats'])
+
+
+def test_batch_bn_normalises_each_modality_with_its_own_statistics():
+  """Modality 1 = 3 x modality 0: private batch stats undo the factor."""
+  model, v = _tiny(bn_mode='batch')
+  x0 = jax.random.normal(jax.random.key(3), (2, 37, 50, 3))
+  x = jnp.stack([x0, 3.0 * x0])
+  out, updates = model.apply(v, x, train=True, mutable=['batch_stats',
+                                                        'intermediates'])
+  del out
+  stem = updates['intermediates']['encoder']['stem'][0]
+  np.testing.assert_allclose(stem[1], stem[0], rtol=0, atol=1e-3)
+  mean = updates['batch_stats']['encoder']['bn1']['mean']
+  # Conv is linear without bias: modality 1's batch mean is 3x, and the
+  # running mean moves 0.1 of the way from 0 (PyTorch momentum 0.1).
+  np.testing.assert_allclose(mean[1], 3.0 * mean[0], rtol=1e-4, atol=1e-6)
+  assert np.abs(mean).max() > 0
+
+
+def test_unknown_choices_are_listed():
+  with pytest.raises(ValueError, match=r"\[50, 101, 152|'tiny'"):
+    models.build({**TINY, 'depth': 34})
+  with pytest.raises(ValueError, match='frozen'):
+    models.build({**TINY, 'bn_mode': 'sync'})
+  with pytest.raises(ValueError, match='bfloat16'):
+    models.build({**TINY, 'dtype': 'float16'})
