@@ -269,3 +269,26 @@ def write_config_json(workdir: epath.PathLike,
   # A rename, so a reader (or a killed writer) never sees half a file.
   tmp.replace(path)
   return path
+
+
+def save_variables(path: epath.PathLike, variables: Mapping[str, Any]) -> None:
+  """Writes model variables alone (no optimiser state) as an Orbax checkpoint.
+
+  Used for imported official weights and for inference exports: the
+  directory holds ``{'params': ..., 'batch_stats': ...}`` and nothing else.
+  """
+  path = epath.Path(path)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path.resolve(), dict(variables), force=True)
+    ckptr.wait_until_finished()
+
+
+def load_variables(path: epath.PathLike, template: Any = None) -> Any:
+  """Reads what ``save_variables`` wrote, as saved or into ``template``."""
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f'{path}: no variables checkpoint here')
+  with ocp.StandardCheckpointer() as ckptr:
+    if template is None:
+      return ckptr.restore(path.resolve())
+    return ckptr.restore(path.resolve(), template)

@@ -19,6 +19,11 @@ def _choice(table: Mapping[Any, Any], key: Any, what: str) -> Any:
   return table[key]
 
 
+def _depth(depth: Any) -> Any:
+  # Configs hold depth as text ('101', 'tiny') so one field takes both.
+  return int(depth) if str(depth).isdigit() else depth
+
+
 def build(model_config: Mapping[str, Any]) -> CEN:
   """Builds ``CEN`` from a ``config.model`` ConfigDict (or a plain dict).
 
@@ -31,7 +36,7 @@ def build(model_config: Mapping[str, Any]) -> CEN:
   kwargs = dict(cfg.get('exchange_kwargs') or {})
   return CEN(
       num_classes=cfg['num_classes'],
-      stage_sizes=_choice(STAGE_SIZES, cfg['depth'], 'ResNet depth'),
+      stage_sizes=_choice(STAGE_SIZES, _depth(cfg['depth']), 'ResNet depth'),
       exchange=exchange.get(cfg['exchange'], **kwargs),
       width=cfg.get('width', 64),
       decoder_features=tuple(cfg.get('decoder_features', (512, 256))),
