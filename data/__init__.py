@@ -1,0 +1,71 @@
+"""TFDS builders for CEN's RGB-D segmentation data (array_record files).
+
+Importing this package (or any builder module) registers, as TFDS does for
+every ``GeneratorBasedBuilder`` subclass:
+
+* ``nyud_v2`` (configs ``default``, ``hha``): NYUDv2, 40 classes;
+* ``sunrgbd`` (configs ``default``, ``toolbox``): SUN RGB-D, 37 classes;
+* ``rgbd_folder``: a user's own data, with an ``RgbdFolderConfig``;
+* ``synthetic_rgbd`` (configs ``default``, ``tiny``): generated locally.
+
+Features of all of them: ``rgb`` uint8 (H, W, 3), ``depth`` uint16 (H, W)
+metres x 5000 as stored, ``label`` uint8 (H, W) with 255 = ignore, ``name``
+text, and ``hha`` uint8 (H, W, 3) where the config computes it. The class
+names, K, the ignore label and the depth scale are in
+``info.metadata``. Build with ``prepare``; read with
+``cen_jax.input_pipeline.get_source``.
+"""
+
+import pathlib
+
+import tensorflow_datasets as tfds
+
+from data import folder
+from data import nyud_v2
+from data import sunrgbd
+from data import synthetic_rgbd
+
+BUILDERS = {
+    'nyud_v2': nyud_v2.NyudV2,
+    'sunrgbd': sunrgbd.Sunrgbd,
+    'rgbd_folder': folder.RgbdFolder,
+    'synthetic_rgbd': synthetic_rgbd.SyntheticRgbd,
+}
+
+
+def prepare(name: str, *, data_dir: str | pathlib.Path,
+            manual_dir: str | pathlib.Path | None = None,
+            config: str | tfds.core.BuilderConfig | None = None
+            ) -> tfds.core.DatasetBuilder:
+  """Builds a dataset into ``data_dir`` as array_record, if not built yet.
+
+  Nothing is downloaded: the real datasets are read from ``manual_dir``
+  (default ``<data_dir>/downloads/manual``) and ``synthetic_rgbd`` is
+  generated.
+
+  Args:
+    name: a key of ``BUILDERS``, optionally with a config as
+      ``'nyud_v2/hha'``.
+    data_dir: where TFDS writes the prepared dataset.
+    manual_dir: the directory in the layout the builder's
+      ``MANUAL_DOWNLOAD_INSTRUCTIONS`` describe.
+    config: a config name or object (e.g. ``folder.RgbdFolderConfig``);
+      overrides one given in ``name``.
+
+  Returns:
+    The prepared builder.
+
+  Raises:
+    ValueError: unknown ``name`` (the message lists the choices).
+  """
+  base, _, config_name = name.partition('/')
+  if base not in BUILDERS:
+    raise ValueError(f'unknown dataset {base!r}; choose one of '
+                     f'{sorted(BUILDERS)}')
+  builder = BUILDERS[base](config=config or config_name or None,
+                           data_dir=str(data_dir), file_format='array_record')
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=None if manual_dir is None else str(manual_dir),
+      try_download_gcs=False)
+  builder.download_and_prepare(download_config=download_config)
+  return builder
