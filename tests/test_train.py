@@ -1,0 +1,145 @@
+"""The train step, sharding, resume and fault handling, end to end."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cen_jax import checkpointing
+from cen_jax import parallel
+from cen_jax import steps
+from cen_jax import train
+from configs import quickstart
+
+
+def _config(tmp_path, **train_overrides):
+  c = quickstart.get_config()
+  c.data.name = 'synthetic_rgbd/tiny'  # 32x32, 16 train / 8 test
+  c.data.data_dir = str(tmp_path / 'tfds')
+  c.data.crop_size = 32
+  c.data.shorter_side = 24
+  c.model.width = 8
+  c.model.decoder_features = (16, 16)
+  c.optim.batch_size = 4
+  c.optim.encoder_lrs = (0.01,)
+  c.optim.decoder_lrs = (0.01,)
+  c.optim.stage_epochs = (1,)  # 4 steps
+  c.train.log_every_steps = 1
+  c.train.eval_every_epochs = 100  # only at the end
+  c.train.checkpoint_every_steps = 2
+  c.eval.batch_size = 4
+  for k, v in train_overrides.items():
+    c.train[k] = v
+  return c
+
+
+def _random_batch(batch, num_modalities=2, size=32, classes=7, seed=0):
+  rng = np.random.default_rng(seed)
+  label = rng.integers(0, classes, (batch, size, size)).astype(np.int32)
+  label[:, :3] = 255
+  return {
+      'inputs': rng.standard_normal(
+          (batch, num_modalities, size, size, 3)).astype(np.float32),
+      'label': label,
+      'valid': np.ones((batch,), bool),
+  }
+
+
+def _setup_on(tmp_path, devices):
+  c = _config(tmp_path)
+  s = train.setup(c, tmp_path)
+  s.mesh = parallel.make_mesh(devices)
+  variables = train.start_variables(s, tmp_path, jax.random.key(0))
+  return s, train.create_state(s, variables)
+
+
+def test_sharded_step_equals_single_device_step_and_does_not_recompile(
+    tmp_path):
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()[:4]):
+    s, state = _setup_on(tmp_path, devices)
+    step_fn = train.jit_train_step(s)
+    for i in range(3):
+      batch = parallel.global_batch(_random_batch(4, seed=i), s.mesh)
+      state, m = step_fn(state, batch, jax.random.key(1))
+    assert step_fn._cache_size() == 1  # pylint: disable=protected-access
+    assert len(state['params']['alpha'].sharding.device_set) == len(devices)
+    results.append(jax.device_get((state, m)))
+  (one, m1), (four, m4) = results
+  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-4,
+                                 atol=1e-6),
+               (one['params'], one['batch_stats']),
+               (four['params'], four['batch_stats']))
+  # Batch statistics moved: the comparison above is not vacuous.
+  assert np.abs(one['batch_stats']['encoder']['bn1']['mean']).max() > 0
+  assert int(one['step']) == 3
+
+
+def test_reported_loss_adds_the_l1_term(tmp_path):
+  """loss = CE total + 6e-4 * sum|gamma| over the slices, as officially."""
+  s, state = _setup_on(tmp_path, jax.devices()[:1])
+  step_fn = train.jit_train_step(s)
+  batch = parallel.global_batch(_random_batch(4), s.mesh)
+  _, m = step_fn(state, batch, jax.random.key(1))
+  # Width 8: bn2 widths 8, 16, 32, 64 with gamma = 1, each modality
+  # penalised on its half: 2 * (4 + 8 + 16 + 32) = 120.
+  np.testing.assert_allclose(float(m['l1']), 120.0)
+  np.testing.assert_allclose(float(m['loss']) - float(m['ce_total']),
+                             6e-4 * 120.0, rtol=1e-5)
+
+
+def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
+  straight = tmp_path / 'straight'
+  train.train_and_evaluate(_config(tmp_path), str(straight))
+
+  resumed = tmp_path / 'resumed'
+  real_jit = train.jit_train_step
+
+  def crashing_jit(s):
+    fn, calls = real_jit(s), []
+
+    def step(*args):
+      calls.append(1)
+      if len(calls) == 3:  # after the checkpoint at step 2
+        raise KeyboardInterrupt('killed')
+      return fn(*args)
+
+    return step
+
+  monkeypatch.setattr(train, 'jit_train_step', crashing_jit)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(_config(tmp_path), str(resumed))
+  monkeypatch.setattr(train, 'jit_train_step', real_jit)
+  with checkpointing.Checkpointer(resumed) as ckpt:
+    assert ckpt.latest_step == 2
+  summary = train.train_and_evaluate(_config(tmp_path), str(resumed))
+  assert 'eval/ensemble/miou' in summary
+
+  def final_params(workdir):
+    s = train.setup(_config(tmp_path), workdir)
+    state = train._eval_state(s, workdir, 'latest')  # pylint: disable=protected-access
+    return jax.device_get(state)
+
+  a, b = final_params(straight), final_params(resumed)
+  assert int(a['step']) == int(b['step']) == 4
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path, monkeypatch):
+  real_step = steps.train_step
+
+  def poisoned(state, batch, rng, **kw):
+    new_state, m = real_step(state, batch, rng, **kw)
+    m['loss'] = jnp.where(state['step'] >= 2, jnp.nan, m['loss'])
+    return new_state, m
+
+  monkeypatch.setattr(steps, 'train_step', poisoned)
+  workdir = tmp_path / 'run'
+  with pytest.raises(FloatingPointError, match='at step 3'):
+    train.train_and_evaluate(_config(tmp_path), str(workdir))
+  with checkpointing.Checkpointer(workdir) as ckpt:
+    assert ckpt.latest_step == 2
