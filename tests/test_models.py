@@ -109,3 +109,18 @@ def test_unknown_choices_are_listed():
     models.build({**TINY, 'bn_mode': 'sync'})
   with pytest.raises(ValueError, match='bfloat16'):
     models.build({**TINY, 'dtype': 'float16'})
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+  model32, v = _tiny()
+  model16 = models.build({**TINY, 'dtype': 'bfloat16'})
+  x = jax.random.normal(jax.random.key(4), (2, 2, 37, 50, 3))
+  out32 = model32.apply(v, x, train=False)
+  out16 = jax.jit(functools.partial(model16.apply, train=False))(v, x)
+  assert out16['modality_logits'].dtype == jnp.float32
+  assert v['params']['decoder']['clf_conv']['kernel'].dtype == jnp.float32
+  scale = np.abs(out32['modality_logits']).max()
+  # bf16 has an 8-bit mantissa: agreement to a few percent of the scale.
+  np.testing.assert_allclose(out16['modality_logits'],
+                             out32['modality_logits'], rtol=0,
+                             atol=0.05 * scale)
