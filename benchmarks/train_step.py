@@ -1,0 +1,262 @@
+r"""Speed and memory of the jitted train (and eval) step, on random batches.
+
+  python -m benchmarks.train_step --config=configs/quickstart.py \
+    --depth=50 --batch_size=8 --resolution=64,64 --steps=20
+
+Builds the model, the optimiser and the sharded, donating train step exactly
+as ``cen_jax.train`` does (``train.make_optimizer``, ``train.create_state``,
+``train.jit_train_step`` over ``cen_jax.parallel``'s mesh), feeds it one
+random batch of the input-pipeline contract (``'inputs'`` ``(B, M, H, W, 3)``
+float32, ``'label'`` ``(B, H, W)`` int32 with some 255, ``'valid'`` ``(B,)``)
+and prints: compile time (lower + compile), median and p90 step time over
+``--steps`` timed steps after ``--warmup`` untimed ones (each step waited
+for with ``block_until_ready``), images/s, XLA's FLOP count of the compiled
+step and the FLOP/s achieved, and peak memory (the device's
+``peak_bytes_in_use`` where the backend reports it, else the process's max
+RSS). ``--eval`` adds the same for the forward eval step. No dataset is
+read, so the input pipeline is not measured. The same command runs on CPU,
+GPU and TPU; any config field can also be overridden, e.g.
+``--config.model.exchange=none``.
+"""
+
+import functools
+import resource
+import shlex
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from cen_jax import models
+from cen_jax import parallel
+from cen_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/quickstart.py', 'Config file (configs/*.py).',
+    lock_config=True)
+_DEPTH = flags.DEFINE_string(
+    'depth', None, "ResNet depth: 50, 101, 152 or tiny; default: the config's.")
+_BATCH = flags.DEFINE_integer(
+    'batch_size', None, "Global batch size; default: the config's.")
+_RESOLUTION = flags.DEFINE_list(
+    'resolution', None, "H,W of the inputs; default: the config's crop.")
+_MODALITIES = flags.DEFINE_integer(
+    'num_modalities', None, "M; default: the config's modality count.")
+_DTYPE = flags.DEFINE_enum(
+    'dtype', None, list(models.DTYPES), "Compute dtype; default: the config's.")
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps before timing.')
+_EVAL = flags.DEFINE_bool('eval', False, 'Also time the forward eval step.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and the batch.')
+
+# The schedules need an epoch length; it changes learning rates, not speed.
+_NOMINAL_STEPS_PER_EPOCH = 100
+_IGNORE_FRACTION = 0.05
+_EXTRA_MODALITIES = ('rgb', 'depth', 'hha')
+
+
+def bench_config(base: ml_collections.ConfigDict
+                 ) -> ml_collections.ConfigDict:
+  """``base`` with the flags' model depth, batch, size, M and dtype."""
+  c = base.copy_and_resolve_references()
+  if _DEPTH.value is not None:
+    c.model.depth = _DEPTH.value
+  if _BATCH.value is not None:
+    c.optim.batch_size = _BATCH.value
+  if _MODALITIES.value is not None:
+    m = _MODALITIES.value
+    # Only the count matters: no data is read.
+    c.data.modalities = tuple(_EXTRA_MODALITIES[i] if i < 3 else f'm{i}'
+                              for i in range(m))
+  if _DTYPE.value is not None:
+    c.model.dtype = _DTYPE.value
+  return c
+
+
+def resolution(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  if _RESOLUTION.value is None:
+    return config.data.crop_size, config.data.crop_size
+  if len(_RESOLUTION.value) != 2:
+    raise app.UsageError(f'--resolution takes H,W: {_RESOLUTION.value}')
+  h, w = (int(v) for v in _RESOLUTION.value)
+  return h, w
+
+
+def make_setup(config: ml_collections.ConfigDict) -> train.Setup:
+  """``train.setup`` without the data: mesh, model, optimiser."""
+  mesh = parallel.make_mesh()
+  parallel.check_divisible(config.optim.batch_size, mesh, 'batch size')
+  tx, lr_fns, total = train.make_optimizer(config, _NOMINAL_STEPS_PER_EPOCH)
+  names = tuple(f'class{k}' for k in range(config.model.num_classes))
+  return train.Setup(config, mesh, models.build(config.model), tx, lr_fns,
+                     total, _NOMINAL_STEPS_PER_EPOCH, None, None, names,
+                     tuple(config.data.modalities) + ('ensemble',))
+
+
+def random_batch(config: ml_collections.ConfigDict, size: tuple[int, int],
+                 mesh: jax.sharding.Mesh, seed: int) -> dict[str, jax.Array]:
+  """A batch of the input-pipeline contract, sharded as in training."""
+  rng = np.random.default_rng(seed)
+  b = parallel.local_batch_size(config.optim.batch_size)
+  m, (h, w) = len(config.data.modalities), size
+  label = rng.integers(0, config.model.num_classes, (b, h, w), np.int32)
+  label[rng.random((b, h, w)) < _IGNORE_FRACTION] = 255
+  local = {
+      'inputs': rng.standard_normal((b, m, h, w, 3), np.float32),
+      'label': label,
+      'valid': np.ones((b,), bool),
+  }
+  return parallel.global_batch(local, mesh)
+
+
+def flops_of(compiled: Any) -> float | None:
+  """FLOPs of one call from XLA's cost analysis (dict, or list of dicts)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None  # Some backends do not implement it.
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])
+
+
+def peak_memory() -> tuple[float, str]:
+  """(bytes, what): device peak where reported, else the process max RSS."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return float(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
+  # ru_maxrss is in KiB on Linux.
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+  return float(rss), 'process max RSS (host)'
+
+
+def time_compiled(call: Callable[[], Any], warmup: int,
+                  steps: int) -> np.ndarray:
+  """Seconds of each of ``steps`` calls after ``warmup`` untimed calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - start)
+  return np.asarray(times)
+
+
+def measure(jitted, args: tuple[Any, ...], *, donates_state: bool,
+            batch_size: int) -> dict[str, Any]:
+  """Compiles ``jitted`` for ``args`` and times it; a row of the table."""
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  lower_s = time.perf_counter() - start
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  holder = list(args)
+
+  def call():
+    out = compiled(*holder)
+    if donates_state:
+      holder[0] = out[0]  # The old state was donated: carry the new one.
+    return out
+
+  times = time_compiled(call, _WARMUP.value, _STEPS.value)
+  flops = flops_of(compiled)
+  median = float(np.median(times))
+  mem, mem_label = peak_memory()
+  return {
+      'lower_s': lower_s, 'compile_s': compile_s, 'median_s': median,
+      'p90_s': float(np.percentile(times, 90)),
+      'images_per_s': batch_size / median, 'flops': flops,
+      'flops_per_s': None if flops is None else flops / median,
+      'memory': mem, 'memory_label': mem_label, 'state': holder[0],
+  }
+
+
+def _si(value: float | None, unit: str) -> str:
+  if value is None:
+    return 'n/a'
+  for prefix, scale in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('k', 1e3)):
+    if abs(value) >= scale:
+      return f'{value / scale:.2f} {prefix}{unit}'
+  return f'{value:.2f} {unit}'
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+  """The results, one column per measured step."""
+  spec = (
+      ('lower + compile (s)', lambda r: f'{r["compile_s"]:.2f}'),
+      ('  of which lower (s)', lambda r: f'{r["lower_s"]:.2f}'),
+      ('step median (ms)', lambda r: f'{r["median_s"] * 1e3:.2f}'),
+      ('step p90 (ms)', lambda r: f'{r["p90_s"] * 1e3:.2f}'),
+      ('images/s', lambda r: f'{r["images_per_s"]:.1f}'),
+      ('XLA FLOPs/step (per device)', lambda r: _si(r['flops'], 'FLOP')),
+      ('achieved FLOP/s (per device)',
+       lambda r: _si(r['flops_per_s'], 'FLOP/s')),
+      ('peak memory, cumulative', lambda r: _si(r['memory'], 'B')),
+  )
+  width = 30
+  lines = [f'{"":<{width}}' + ''.join(f'{k:>16}' for k in rows)]
+  for label, fmt in spec:
+    lines.append(f'{label:<{width}}' + ''.join(
+        f'{fmt(r):>16}' for r in rows.values()))
+  labels = sorted({r['memory_label'] for r in rows.values()})
+  lines.append(f'(peak memory: {", ".join(labels)})')
+  return '\n'.join(lines)
+
+
+def header(config: ml_collections.ConfigDict, size: tuple[int, int],
+           params: Any) -> str:
+  dev = jax.devices()[0]
+  count = sum(x.size for x in jax.tree.leaves(params))
+  m = config.model
+  return '\n'.join([
+      'command: python -m benchmarks.train_step ' + ' '.join(
+          shlex.quote(a) for a in sys.argv[1:]),
+      f'jax {jax.__version__}, flax {flax.__version__}, backend '
+      f'{jax.default_backend()}, {jax.device_count()} x {dev.device_kind}',
+      f'model: depth {m.depth}, width {m.width}, decoder '
+      f'{tuple(m.decoder_features)}, exchange {m.exchange}, bn {m.bn_mode}, '
+      f'dtype {m.dtype}, {count:,} parameters',
+      f'batch {config.optim.batch_size} x M {len(config.data.modalities)} x '
+      f'{size[0]}x{size[1]}, {m.num_classes} classes; {_WARMUP.value} warm-up'
+      f' + {_STEPS.value} timed steps',
+  ])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = bench_config(_CONFIG.value)
+  size = resolution(config)
+  s = make_setup(config)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(_SEED.value))
+  m = len(config.data.modalities)
+  variables = jax.jit(functools.partial(s.model.init, train=False))(
+      init_rng, jnp.zeros((m, 1) + size + (3,)))
+  state = train.create_state(s, variables)
+  del variables
+  top = header(config, size, state['params'])
+  batch = random_batch(config, size, s.mesh, _SEED.value)
+  batch_size = config.optim.batch_size
+  rows = {'train step': measure(
+      train.jit_train_step(s), (state, batch, dropout_rng),
+      donates_state=True, batch_size=batch_size)}
+  if _EVAL.value:
+    rows['eval step'] = measure(
+        train.jit_eval_step(s), (rows['train step']['state'], batch),
+        donates_state=False, batch_size=batch_size)
+  print('\n'.join(['', top, '', table(rows), '']))
+
+
+if __name__ == '__main__':
+  app.run(main)
