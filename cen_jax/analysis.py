@@ -1,0 +1,235 @@
+"""What a trained CEN exchanges: per-layer fractions and bn2 gamma plots.
+
+CEN exchanges channel ``c`` of modality ``m`` at a Bottleneck's bn2 where
+the exchange variant's mask is set, for ``'bn_threshold'`` where
+``|gamma_m[c]| < threshold`` (reference §2.3). These helpers read that off a
+parameter tree: :func:`exchange_table` counts the exchanged channels per
+layer and modality, :func:`plot_exchange_fractions` and
+:func:`plot_gamma_histograms` draw them, and :func:`summary_images` renders
+both as uint8 images for TensorBoard.
+
+Figures are built on ``matplotlib.figure.Figure`` with an explicit Agg
+canvas: no pyplot, no global backend switch, nothing set at import.
+"""
+
+import io
+import math
+from typing import Any, NamedTuple, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+
+from cen_jax import exchange
+from cen_jax import models
+
+
+class ExchangeTable(NamedTuple):
+  """Exchanged channels per exchange site (bn2 layer) and modality.
+
+  Attributes:
+    sites: the L site names in network order, ``('layer1.0', ...)``.
+    channels: ``(L,)`` int, channels C of each site's bn2.
+    exchanged: ``(L, M)`` int, channels replaced by the other modalities.
+    fractions: ``(L, M)`` float64, ``exchanged / channels``.
+  """
+  sites: tuple[str, ...]
+  channels: np.ndarray
+  exchanged: np.ndarray
+  fractions: np.ndarray
+
+
+def _params(params: Any) -> Any:
+  """Accepts the ``params`` collection or the whole ``variables`` dict."""
+  if 'encoder' not in params and 'params' in params:
+    return params['params']
+  return params
+
+
+def _modality_names(names: Sequence[str] | None, num: int) -> tuple[str, ...]:
+  if names is None:
+    return tuple(f'modality {m}' for m in range(num))
+  if len(names) != num:
+    raise ValueError(f'{len(names)} modality names {tuple(names)} for '
+                     f'{num} modalities')
+  return tuple(names)
+
+
+def exchange_table(params: Any, mask_fn: exchange.MaskFn) -> ExchangeTable:
+  """Counts the channels that ``mask_fn`` exchanges at every bn2.
+
+  Args:
+    params: the model's ``params`` (or its ``variables``).
+    mask_fn: ``exchange.get_mask_fn(name, **kwargs)`` of the model's
+      variant.
+
+  Returns:
+    The :class:`ExchangeTable`.
+  """
+  scales = models.bn2_scales(_params(params))
+  exchanged = np.stack([
+      np.asarray(mask_fn(scale, site=site)).sum(axis=-1)
+      for site, scale in scales.items()]).astype(np.int64)
+  channels = np.array([s.shape[-1] for s in scales.values()], np.int64)
+  return ExchangeTable(tuple(scales), channels, exchanged,
+                       exchanged / channels[:, None])
+
+
+def overall_fractions(table: ExchangeTable) -> np.ndarray:
+  """``(M,)`` fraction of all bn2 channels exchanged, per modality."""
+  return table.exchanged.sum(axis=0) / table.channels.sum()
+
+
+def format_exchange_table(table: ExchangeTable,
+                          modality_names: Sequence[str] | None = None) -> str:
+  """A Markdown table: one row per site plus the overall row, in percent."""
+  names = _modality_names(modality_names, table.exchanged.shape[1])
+  lines = ['| site | channels | ' + ' | '.join(names) + ' |',
+           '|---|---:|' + '---:|' * len(names)]
+  rows = list(zip(table.sites, table.channels, table.fractions))
+  rows.append(('all', table.channels.sum(), overall_fractions(table)))
+  for site, channels, fractions in rows:
+    cells = ' | '.join(f'{100 * f:.1f}%' for f in fractions)
+    lines.append(f'| {site} | {channels} | {cells} |')
+  return '\n'.join(lines)
+
+
+def _figure(figsize: tuple[float, float], dpi: int) -> Figure:
+  fig = Figure(figsize=figsize, dpi=dpi, layout='constrained')
+  FigureCanvasAgg(fig)  # Attaches itself as fig.canvas.
+  return fig
+
+
+def plot_exchange_fractions(table: ExchangeTable,
+                            modality_names: Sequence[str] | None = None, *,
+                            figsize: tuple[float, float] = (8.0, 4.0),
+                            dpi: int = 100) -> Figure:
+  """Grouped bars: the exchanged fraction per site, one colour per modality.
+
+  Args:
+    table: from :func:`exchange_table`.
+    modality_names: legend labels, in modality order.
+    figsize: inches; the image is ``figsize * dpi`` pixels.
+    dpi: dots per inch.
+
+  Returns:
+    A Figure with one Axes; ``axes[0].containers[m]`` holds modality m's
+    bars, whose heights are ``table.fractions[:, m]``.
+  """
+  num_sites, num_modalities = table.fractions.shape
+  names = _modality_names(modality_names, num_modalities)
+  fig = _figure(figsize, dpi)
+  ax = fig.add_subplot()
+  width = 0.8 / num_modalities
+  x = np.arange(num_sites)
+  for m, name in enumerate(names):
+    ax.bar(x + (m - (num_modalities - 1) / 2) * width,
+           table.fractions[:, m], width, label=name)
+  ax.set_xticks(x, table.sites, rotation=90 if num_sites > 16 else 0,
+                fontsize='small')
+  ax.set_ylim(0, max(0.05, 1.1 * float(table.fractions.max())))
+  ax.set_ylabel('exchanged fraction of channels')
+  ax.set_title('Channel exchange per bn2 (overall: ' + ', '.join(
+      f'{n} {100 * f:.1f}%' for n, f in zip(names, overall_fractions(table)))
+               + ')', fontsize='medium')
+  ax.legend()
+  return fig
+
+
+def gamma_values(params: Any) -> np.ndarray:
+  """``(M, N)`` |gamma| of every bn2 channel of every site, per modality."""
+  scales = models.bn2_scales(_params(params))
+  return np.abs(np.concatenate([np.asarray(s) for s in scales.values()], -1))
+
+
+def _log_bins(gammas: np.ndarray, threshold: float,
+              per_decade: int) -> np.ndarray:
+  """Log-spaced edges with ``threshold`` on an edge, 3 decades below it."""
+  above = max(1, math.ceil(per_decade * np.log10(
+      max(float(gammas.max()), threshold) / threshold)))
+  return threshold * 10.0 ** (np.arange(-3 * per_decade, above + 1)
+                              / per_decade)
+
+
+def plot_gamma_histograms(params: Any, threshold: float,
+                          modality_names: Sequence[str] | None = None, *,
+                          bins_per_decade: int = 10,
+                          figsize: tuple[float, float] | None = None,
+                          dpi: int = 100) -> Figure:
+  """Histograms of bn2 |gamma| per modality, log x, threshold marked.
+
+  The bins are log-spaced with ``threshold`` on a bin edge, so the bars
+  left of the dashed line count exactly the exchanged channels of the
+  ``'bn_threshold'`` rule; they start 3 decades below the threshold, and
+  smaller values (including exact zeros, which a log axis cannot show) are
+  counted in the first bin.
+
+  Args:
+    params: the model's ``params`` (or its ``variables``).
+    threshold: the exchange threshold, drawn as a vertical dashed line.
+    modality_names: subplot titles, in modality order.
+    bins_per_decade: bin resolution.
+    figsize: inches, default ``(8, 2.5 * M)``.
+    dpi: dots per inch.
+
+  Returns:
+    A Figure with one Axes per modality; each holds the histogram bars
+    (``ax.patches``) and the threshold line (``ax.lines[0]``).
+  """
+  gammas = gamma_values(params)
+  names = _modality_names(modality_names, gammas.shape[0])
+  # Compare in the parameters' precision, as the exchange mask does: the
+  # float32 0.02 is below the float64 0.02.
+  threshold = float(gammas.dtype.type(threshold))
+  edges = _log_bins(gammas, threshold, bins_per_decade)
+  fig = _figure(figsize or (8.0, 2.5 * len(names)), dpi)
+  axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
+  for ax, name, g in zip(axes, names, gammas):
+    ax.hist(np.clip(g, edges[0], None), bins=edges)
+    ax.axvline(threshold, color='red', linestyle='--')
+    ax.set_xscale('log')
+    ax.set_ylabel('channels')
+    ax.set_title(f'{name}: {int((g < threshold).sum())} of {g.size} bn2 '
+                 f'channels below |gamma| = {threshold:g}', fontsize='medium')
+  axes[-1].set_xlabel('|gamma| of bn2')
+  return fig
+
+
+def figure_to_rgb(fig: Figure) -> np.ndarray:
+  """Renders a figure to a uint8 ``(H, W, 3)`` array (H, W = figsize*dpi)."""
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  return np.array(canvas.buffer_rgba())[..., :3]
+
+
+def figure_to_png(fig: Figure) -> bytes:
+  """Renders a figure to PNG bytes."""
+  buffer = io.BytesIO()
+  FigureCanvasAgg(fig).print_png(buffer)
+  return buffer.getvalue()
+
+
+def summary_images(params: Any, mask_fn: exchange.MaskFn, threshold: float,
+                   modality_names: Sequence[str] | None = None
+                   ) -> dict[str, np.ndarray]:
+  """Both plots as uint8 ``(H, W, 3)`` images, keyed for TensorBoard.
+
+  ``clu`` writers take ``(N, H, W, C)``: log them with
+  ``writer.write_images(step, {k: v[None] for k, v in images.items()})``.
+
+  Args:
+    params: the model's ``params`` (or its ``variables``).
+    mask_fn: the model's exchange mask function.
+    threshold: the |gamma| threshold to mark on the histograms.
+    modality_names: names in modality order.
+
+  Returns:
+    ``{'exchange_fractions': image, 'gamma_histograms': image}``.
+  """
+  table = exchange_table(params, mask_fn)
+  return {
+      'exchange_fractions': figure_to_rgb(
+          plot_exchange_fractions(table, modality_names)),
+      'gamma_histograms': figure_to_rgb(
+          plot_gamma_histograms(params, threshold, modality_names)),
+  }

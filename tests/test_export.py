@@ -1,0 +1,114 @@
+"""StableHLO export and parameters-only checkpoints, on the tiny model."""
+
+import functools
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cen_jax import export
+from cen_jax import models
+from cen_jax import resize
+
+TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,
+            decoder_features=(16, 8))
+H, W = 20, 28
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_model_and_variables(num_modalities=2, seed=0):
+  """The tiny CEN with random variables (eval_shape: no slow init)."""
+  model = models.build(TINY)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.key(0),
+                          jnp.zeros((num_modalities, 1, 32, 32, 3)))
+  rng = np.random.default_rng(seed)
+  variables = jax.tree.map(
+      lambda s: rng.normal(0.0, 1 / np.prod(s.shape[:-1]) ** 0.5,
+                           s.shape).astype(np.float32), shapes)
+  variables['batch_stats'] = jax.tree.map(
+      lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
+      shapes['batch_stats'])
+  return model, variables
+
+
+def _inputs(batch, seed):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(2, batch, H, W, 3)).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reference(model, variables, x):
+  """``model.apply`` and the official bicubic resize, modalities first."""
+  out = model.apply(variables, x, train=False)
+  logits = jnp.concatenate([out['modality_logits'],
+                            out['ensemble_logits'][None]], axis=0)
+  return resize.resize_bicubic_cv2(logits, (H, W))
+
+
+def test_baked_export_round_trips_through_a_file_with_any_batch(tmp_path):
+  model, variables = _tiny_model_and_variables()
+  exported = export.export_inference(model, variables, num_modalities=2,
+                                     height=H, width=W)
+  assert exported.platforms == ('cpu', 'cuda', 'tpu')
+  assert str(exported.in_avals[0].shape) == f'(2, b, {H}, {W}, 3)'
+  path = tmp_path / 'sub' / 'cen.stablehlo'
+  export.save_export(path, exported)
+  # The weights are inside: at least 4 bytes per variable.
+  num_values = sum(a.size for a in jax.tree.leaves(variables))
+  assert path.stat().st_size > 4 * num_values
+  loaded = export.load_export(path)
+  # Eval-mode BN treats examples independently: one reference serves both.
+  x = _inputs(3, seed=1)
+  want = _reference(model, variables, x)
+  for batch in (1, 3):
+    got = loaded.call(x[:, :batch])
+    assert got.shape == (3, batch, H, W, 5)
+    np.testing.assert_allclose(got, want[:, :batch], rtol=1e-5, atol=1e-5)
+
+
+def test_export_with_variables_as_argument_and_static_batch(tmp_path):
+  model, variables = _tiny_model_and_variables()
+  exported = export.export_inference(
+      model, variables, num_modalities=2, height=H, width=W, batch=3,
+      output='ensemble', bake_variables=False, platforms=('cpu',))
+  path = tmp_path / 'cen.stablehlo'
+  export.save_export(path, exported)
+  assert path.stat().st_size < 4 * sum(
+      a.size for a in jax.tree.leaves(variables))
+  x = _inputs(3, seed=1)
+  got = export.load_export(path).call(variables, x)
+  assert got.shape == (3, H, W, 5)
+  np.testing.assert_allclose(got, _reference(model, variables, x)[2],
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='shape'):
+    export.load_export(path).call(variables, x[:, :2])
+
+
+def test_params_checkpoint_round_trips_bit_for_bit(tmp_path):
+  _, variables = _tiny_model_and_variables()
+  path = tmp_path / 'params'
+  export.save_params_checkpoint(path, variables)
+  restored = export.load_params_checkpoint(path)
+  assert (jax.tree.structure(restored) == jax.tree.structure(variables))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(
+      np.asarray(a), b, strict=True), restored, variables)
+  # With a template, the restore follows its structure and dtypes.
+  template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          variables)
+  again = export.load_params_checkpoint(path, template)
+  assert pickle.dumps(jax.tree.map(np.asarray, again)) == pickle.dumps(
+      jax.tree.map(np.asarray, variables))
+
+
+def test_params_checkpoint_refuses_to_overwrite_unless_asked(tmp_path):
+  path = tmp_path / 'params'
+  export.save_params_checkpoint(path, {'w': np.zeros(3, np.float32)})
+  with pytest.raises(ValueError, match='exists'):
+    export.save_params_checkpoint(path, {'w': np.ones(3, np.float32)})
+  export.save_params_checkpoint(path, {'w': np.ones(3, np.float32)},
+                                overwrite=True)
+  np.testing.assert_array_equal(
+      export.load_params_checkpoint(path)['w'], np.ones(3, np.float32))
