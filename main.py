@@ -5,7 +5,17 @@ r"""cen-jax entry point: train, evaluate, import official weights, and more.
 Modes: ``train`` (train and evaluate, resuming from the workdir; default),
 ``eval`` (evaluate the best, latest, a given step, or imported checkpoint),
 ``import_torch`` (convert an official ``model-best.pth.tar`` into the
-workdir). Any config field can be overridden: ``--config.optim.batch_size=12``.
+workdir), ``predict`` (segment a folder or list of RGB-D images),
+``analyze`` (plot what the model exchanges) and ``export`` (a
+parameters-only checkpoint and a serialized ``jax.export`` artifact). Any
+config field can be overridden: ``--config.optim.batch_size=12``.
+
+  python main.py --config=configs/nyud_cen.py --workdir=runs/nyud_cen \
+    --mode=predict --input=my_rgbd/ --output=predictions/
+  python main.py --config=configs/nyud_cen.py --workdir=runs/nyud_cen \
+    --mode=analyze
+  python main.py --config=configs/nyud_cen.py --workdir=runs/nyud_cen \
+    --mode=export --output=exported/ --export_size=480,640
 """
 
 import logging as pylogging
@@ -18,16 +28,43 @@ import jax
 from ml_collections import config_flags
 
 from cen_jax import train
+from cen_jax import workflows
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'import_torch'], 'What to do.')
+    'mode', 'train',
+    ['train', 'eval', 'import_torch', 'predict', 'analyze', 'export'],
+    'What to do.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'best',
-    "eval: 'best', 'latest', 'imported' or a step number.")
+    "eval, predict, analyze, export: 'best', 'latest', 'imported' or a step "
+    'number.')
+_INPUT = flags.DEFINE_string(
+    'input', None,
+    'predict: a folder with rgb/ and depth/ (or hha/) of matching file '
+    'names, or a tab-separated list file (rgb, [mask,] depth).')
+_OUTPUT = flags.DEFINE_string(
+    'output', None,
+    'predict, export: output folder; analyze: default '
+    '<workdir>/analysis/<step>.')
+_PREDICTION_OUTPUT = flags.DEFINE_string(
+    'prediction_output', 'ensemble',
+    "predict: which output's logits: 'ensemble' or a modality name/index.")
+_CROP_TO_RGB = flags.DEFINE_bool(
+    'crop_to_rgb', False,
+    'predict: centre-crop inputs larger than the RGB to its size (the '
+    'official NYUDv2 release, whose depth is larger than its RGB).')
+_EXPORT_SIZE = flags.DEFINE_list(
+    'export_size', None, 'export: the static input size H,W, e.g. 480,640.')
+_EXPORT_BATCH = flags.DEFINE_integer(
+    'export_batch', 0, 'export: static batch size; 0 = symbolic.')
+_EXPORT_BAKE = flags.DEFINE_bool(
+    'export_bake_params', True,
+    'export: embed the weights in the artifact (call(x)); else it takes '
+    'them as its first argument (call(variables, x)).')
 _TORCH_CHECKPOINT = flags.DEFINE_string(
     'torch_checkpoint', None, 'import_torch: official model-best.pth.tar.')
 _TORCH_ALLOW_PICKLE = flags.DEFINE_bool(
@@ -69,6 +106,34 @@ def main(argv):
       raise app.UsageError('--mode=import_torch needs --torch_checkpoint')
     train.import_torch(config, _WORKDIR.value, _TORCH_CHECKPOINT.value,
                        allow_pickle=_TORCH_ALLOW_PICKLE.value)
+  elif _MODE.value == 'predict':
+    if not (_INPUT.value and _OUTPUT.value):
+      raise app.UsageError('--mode=predict needs --input and --output')
+    workflows.predict_images(
+        config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
+        checkpoint=_CHECKPOINT.value, output=_PREDICTION_OUTPUT.value,
+        crop_to_rgb=_CROP_TO_RGB.value)
+  elif _MODE.value == 'analyze':
+    workflows.analyze(config, _WORKDIR.value, _OUTPUT.value,
+                      checkpoint=_CHECKPOINT.value)
+  elif _MODE.value == 'export':
+    height, width = _export_size()
+    if not _OUTPUT.value:
+      raise app.UsageError('--mode=export needs --output')
+    workflows.export_model(
+        config, _WORKDIR.value, _OUTPUT.value, height=height, width=width,
+        batch=_EXPORT_BATCH.value or None, checkpoint=_CHECKPOINT.value,
+        bake_variables=_EXPORT_BAKE.value)
+
+
+def _export_size() -> tuple[int, int]:
+  size = _EXPORT_SIZE.value or []
+  if len(size) != 2 or not all(v.strip().isdigit() and int(v) > 0
+                               for v in size):
+    raise app.UsageError(
+        f'--mode=export needs --export_size=H,W (two positive integers), '
+        f'got {",".join(size) or "nothing"}')
+  return int(size[0]), int(size[1])
 
 
 def _hide_gpus_from_tensorflow():

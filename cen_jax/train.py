@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cen_jax import analysis
 from cen_jax import cadence
 from cen_jax import checkpointing
 from cen_jax import convert
@@ -108,6 +109,20 @@ def setup(config: ml_collections.ConfigDict, workdir: epath.Path) -> Setup:
   return Setup(config, mesh, models.build(config.model), tx, lr_fns, total,
                per_epoch, train_source, eval_source, names,
                tuple(config.data.modalities) + ('ensemble',))
+
+
+def model_setup(config: ml_collections.ConfigDict) -> Setup:
+  """A ``Setup`` without data, enough to restore checkpoints.
+
+  For the modes that use a trained model on inputs of their own (predict,
+  analyze, export), on machines where the dataset may not be prepared. The
+  optimiser is built for one step per epoch: only its state's structure
+  matters for a restore, and that does not depend on the schedule.
+  """
+  mesh = parallel.make_mesh()
+  tx, lr_fns, total = make_optimizer(config, 1)
+  return Setup(config, mesh, models.build(config.model), tx, lr_fns, total,
+               1, None, None, (), tuple(config.data.modalities) + ('ensemble',))
 
 
 def _dummy_shape(config) -> tuple[int, ...]:
@@ -273,9 +288,26 @@ def _resume(s: Setup, ckpt: checkpointing.Checkpointer, workdir: epath.Path,
   return restored.state, train_iter, restored.step
 
 
+def exchange_threshold(config: ml_collections.ConfigDict) -> float:
+  """The |gamma| threshold to mark on plots (CEN's default for variants
+  without one)."""
+  return float(dict(config.model.exchange_kwargs or {}).get('threshold',
+                                                            2e-2))
+
+
+def exchange_images(config: ml_collections.ConfigDict,
+                    params: Any) -> dict[str, np.ndarray]:
+  """The exchange plots of ``analysis`` as ``(1, H, W, 3)`` uint8 images."""
+  images = analysis.summary_images(
+      jax.device_get(params), exchange_mask_fn(config),
+      exchange_threshold(config), tuple(config.data.modalities))
+  return {f'exchange/{k}': v[None] for k, v in images.items()}
+
+
 def _run_eval(s, eval_fn, state, step, writer, ckpt) -> dict[str, float]:
   summary = eval_summary(s, evaluate_split(s, eval_fn, state))
   writer.write_scalars(step, summary)
+  writer.write_images(step, exchange_images(s.config, state['params']))
   logging.info('step %d: %s', step, ', '.join(
       f'{n} mIoU {summary[f"eval/{n}/miou"]:.2f}' for n in s.output_names))
   if ckpt.save_best(step, state, summary['eval/ensemble/miou']):
@@ -351,8 +383,20 @@ def _flat_hparams(config) -> dict[str, Any]:
   return flat
 
 
-def _eval_state(s: Setup, workdir: epath.Path, which: str) -> steps.State:
-  """The state to evaluate: 'best', 'latest', a step, or 'imported'."""
+def restore_state(s: Setup, workdir: epath.Path,
+                  which: str = 'best') -> steps.State:
+  """A trained state: 'best', 'latest', a step number, or 'imported'.
+
+  'best' falls back to the latest checkpoint, and both to the imported
+  official weights when the workdir has no checkpoint of its own.
+
+  Raises:
+    FileNotFoundError: nothing to restore in ``workdir``.
+    ValueError: ``which`` is none of these.
+  """
+  if which not in ('best', 'latest', 'imported') and not which.isdigit():
+    raise ValueError(f"checkpoint {which!r}: give 'best', 'latest', "
+                     "'imported' or a step number")
   rng = jax.random.key(0)
   variables_shape = jax.eval_shape(
       functools.partial(s.model.init, train=False), rng,
@@ -369,15 +413,16 @@ def _eval_state(s: Setup, workdir: epath.Path, which: str) -> steps.State:
       restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
     elif which == 'latest':
       restored = ckpt.restore_latest(template)
-    else:
-      restored = ckpt.restore(int(which), template)
+    else:  # A step of the rolling checkpoints, or the best one.
+      step = int(which)
+      restored = ckpt.restore(step, template, best=step == ckpt.best_step)
   if restored is None:
     if (workdir / IMPORTED_DIR).exists():
-      return _eval_state(s, workdir, 'imported')
+      return restore_state(s, workdir, 'imported')
     raise FileNotFoundError(
         f'{workdir}: no checkpoint to evaluate (train first, or run '
         '--mode=import_torch)')
-  logging.info('Evaluating the checkpoint of step %d', restored.step)
+  logging.info('Restored the checkpoint of step %d', restored.step)
   return restored.state
 
 
@@ -386,7 +431,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Evaluates a checkpoint of ``workdir`` on the whole eval split."""
   workdir = epath.Path(workdir)
   s = setup(config, workdir)
-  state = _eval_state(s, workdir, checkpoint)
+  state = restore_state(s, workdir, checkpoint)
   summary = eval_summary(s, evaluate_split(s, jit_eval_step(s), state))
   step = int(jax.device_get(state['step']))
   writer = metric_writers.create_default_writer(

@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
 
   def final_params(workdir):
     s = train.setup(_config(tmp_path), workdir)
-    state = train._eval_state(s, workdir, 'latest')  # pylint: disable=protected-access
+    state = train.restore_state(s, workdir, 'latest')
     return jax.device_get(state)
 
   a, b = final_params(straight), final_params(resumed)
