@@ -3,12 +3,15 @@ r"""Does fusion help? Unimodal models against CEN on ``synthetic_rgbd``.
   python -m benchmarks.fusion_synthetic --config=configs/quickstart.py
 
 Trains, with the same config, seed and number of steps, an RGB-only, a
-depth-only and an RGB+depth CEN model (``--hha`` adds RGB+HHA), each in its
-own workdir under ``--workdir_root`` (a temporary directory, deleted at the
-end, when unset), and prints the test scores of every model side by side:
-pixel accuracy, mean accuracy and mIoU of the ensemble output (for a
-single-modality model the ensemble is its only branch), the scores of each
-branch of the fused models, and the per-class IoU of the ensembles.
+depth-only and an RGB+depth CEN model, and the same RGB+depth model with
+exchange switched off (``'none'``: shared convs, private BN and the ensemble
+alone); ``--hha`` adds RGB+HHA. Each gets its own workdir under
+``--workdir_root`` (a temporary directory, deleted at the end, when unset).
+It prints the test scores of every model side by side: pixel accuracy, mean
+accuracy and mIoU of the ensemble output (for a single-modality model the
+ensemble is its only branch), the scores of each branch of the fused
+models, the fraction of bn2 channels each modality exchanges at the end,
+and the per-class IoU of the ensembles.
 ``synthetic_rgbd`` is built so that colour alone confuses floor, wall, grey
 block and grey dome, and geometry alone confuses floor with the tiles and
 the grey block with the red block: only the fused model can separate all
@@ -35,7 +38,9 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from cen_jax import analysis
 from cen_jax import train
+from cen_jax import workflows
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/quickstart.py', 'Base config (configs/*.py).',
@@ -50,23 +55,28 @@ _EPOCHS = flags.DEFINE_float(
 _SEED = flags.DEFINE_integer('seed', None, "Seed; default: the config's.")
 _HHA = flags.DEFINE_bool('hha', False, 'Also train an RGB+HHA CEN model.')
 
-# (row name, modalities) of every model trained.
+# (row name, modalities, exchange variant or None for the config's) of
+# every model trained.
 VARIANTS = (
-    ('rgb', ('rgb',)),
-    ('depth', ('depth',)),
-    ('rgb+depth', ('rgb', 'depth')),
+    ('rgb', ('rgb',), None),
+    ('depth', ('depth',), None),
+    ('rgb+depth', ('rgb', 'depth'), None),
+    ('no exchange', ('rgb', 'depth'), 'none'),
 )
-HHA_VARIANT = ('rgb+hha', ('rgb', 'hha'))
+HHA_VARIANT = ('rgb+hha', ('rgb', 'hha'), None)
 _SCORES = ('pixel_acc', 'mean_acc', 'miou')
 
 
 def variant_config(base: ml_collections.ConfigDict,
                    modalities: Sequence[str], *, root: epath.Path,
-                   epochs: float | None,
-                   seed: int | None) -> ml_collections.ConfigDict:
+                   epochs: float | None, seed: int | None,
+                   exchange: str | None = None) -> ml_collections.ConfigDict:
   """``base`` for one model: its modalities, the shared data and length."""
   c = base.copy_and_resolve_references()
   c.data.modalities = tuple(modalities)
+  if exchange is not None:
+    c.model.exchange = exchange
+    c.model.exchange_kwargs = {}
   if not c.data.data_dir:
     # Generate the dataset once for every model instead of once per workdir.
     c.data.data_dir = str(root / 'tfds')
@@ -81,27 +91,43 @@ def variant_config(base: ml_collections.ConfigDict,
 
 def train_variant(config: ml_collections.ConfigDict,
                   workdir: epath.Path) -> tuple[dict[str, float], float]:
-  """Trains (or resumes) one model; its final test scalars and seconds."""
+  """Trains (or resumes) one model; its final test scalars and seconds.
+
+  For several modalities the scalars also hold ``exchanged/<modality>``:
+  the percentage of all bn2 channels that modality exchanges with the final
+  weights.
+  """
   start = time.perf_counter()
   summary = train.train_and_evaluate(config, str(workdir))
   if not summary:
     # The workdir held a finished run: nothing trained, so evaluate it.
     summary = train.evaluate(config, str(workdir), 'latest')
-  return summary, time.perf_counter() - start
+  seconds = time.perf_counter() - start
+  if len(config.data.modalities) == 1:  # Nothing to exchange with.
+    return summary, seconds
+  variables, _ = workflows.restore_variables(config, str(workdir), 'latest')
+  fractions = analysis.overall_fractions(analysis.exchange_table(
+      variables['params'], train.exchange_mask_fn(config)))
+  for name, frac in zip(config.data.modalities, fractions):
+    summary[f'exchanged/{name}'] = 100 * float(frac)
+  return summary, seconds
 
 
 def score_table(results: dict[str, dict[str, float]],
                 seconds: dict[str, float]) -> str:
   """One row per model output: pixel acc, mean acc, mIoU, train time."""
   lines = [f'{"model":<11} {"output":<9} {"pixel acc":>9} {"mean acc":>9} '
-           f'{"mIoU":>7} {"time (s)":>9}']
+           f'{"mIoU":>7} {"time (s)":>9} {"exchanged %":>11}']
   for name, summary in results.items():
     for out in _outputs(summary):
       vals = ' '.join(f'{summary[f"eval/{out}/{k}"]:>{w}.2f}'
                       for k, w in zip(_SCORES, (9, 9, 7)))
-      time_col = f'{seconds[name]:>9.0f}' if out == 'ensemble' else ''
+      time_col = f'{seconds[name]:>9.0f}' if out == 'ensemble' else ' ' * 9
+      exchanged = summary.get(f'exchanged/{out}')
+      exchanged = '' if exchanged is None else f'{exchanged:>11.1f}'
       label = name if out == 'ensemble' else ''
-      lines.append(f'{label:<11} {out:<9} {vals} {time_col}'.rstrip())
+      lines.append(f'{label:<11} {out:<9} {vals} {time_col} '
+                   f'{exchanged}'.rstrip())
   return '\n'.join(lines)
 
 
@@ -148,9 +174,10 @@ def run(config: ml_collections.ConfigDict, root: epath.Path, *,
         ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
   """Trains every variant under ``root``; (scalars, seconds) by model."""
   results, seconds = {}, {}
-  for name, modalities in VARIANTS + ((HHA_VARIANT,) if hha else ()):
+  for name, modalities, exchange in VARIANTS + (
+      (HHA_VARIANT,) if hha else ()):
     c = variant_config(config, modalities, root=root, epochs=epochs,
-                       seed=seed)
+                       seed=seed, exchange=exchange)
     logging.info('Training %s on %s', name, modalities)
     results[name], seconds[name] = train_variant(
         c, root / name.replace('+', '_'))

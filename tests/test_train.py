@@ -26,6 +26,7 @@ def _config(tmp_path, **train_overrides):
   c.optim.encoder_lrs = (0.01,)
   c.optim.decoder_lrs = (0.01,)
   c.optim.stage_epochs = (1,)  # 4 steps
+  c.optim.l1_coef = 6e-4  # The official effective coefficient.
   c.train.log_every_steps = 1
   c.train.eval_every_epochs = 100  # only at the end
   c.train.checkpoint_every_steps = 2
