@@ -9,29 +9,10 @@ import numpy as np
 import pytest
 
 from cen_jax import export
-from cen_jax import models
 from cen_jax import resize
+from tests import tiny
 
-TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,
-            decoder_features=(16, 8))
 H, W = 20, 28
-
-
-@functools.lru_cache(maxsize=None)
-def _tiny_model_and_variables(num_modalities=2, seed=0):
-  """The tiny CEN with random variables (eval_shape: no slow init)."""
-  model = models.build(TINY)
-  shapes = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.key(0),
-                          jnp.zeros((num_modalities, 1, 32, 32, 3)))
-  rng = np.random.default_rng(seed)
-  variables = jax.tree.map(
-      lambda s: rng.normal(0.0, 1 / np.prod(s.shape[:-1]) ** 0.5,
-                           s.shape).astype(np.float32), shapes)
-  variables['batch_stats'] = jax.tree.map(
-      lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
-      shapes['batch_stats'])
-  return model, variables
 
 
 def _inputs(batch, seed):
@@ -49,7 +30,7 @@ def _reference(model, variables, x):
 
 
 def test_baked_export_round_trips_through_a_file_with_any_batch(tmp_path):
-  model, variables = _tiny_model_and_variables()
+  model, variables = tiny.model_and_variables()
   exported = export.export_inference(model, variables, num_modalities=2,
                                      height=H, width=W)
   assert exported.platforms == ('cpu', 'cuda', 'tpu')
@@ -70,7 +51,7 @@ def test_baked_export_round_trips_through_a_file_with_any_batch(tmp_path):
 
 
 def test_export_with_variables_as_argument_and_static_batch(tmp_path):
-  model, variables = _tiny_model_and_variables()
+  model, variables = tiny.model_and_variables()
   exported = export.export_inference(
       model, variables, num_modalities=2, height=H, width=W, batch=3,
       output='ensemble', bake_variables=False, platforms=('cpu',))
@@ -88,7 +69,7 @@ def test_export_with_variables_as_argument_and_static_batch(tmp_path):
 
 
 def test_params_checkpoint_round_trips_bit_for_bit(tmp_path):
-  _, variables = _tiny_model_and_variables()
+  _, variables = tiny.model_and_variables()
   path = tmp_path / 'params'
   export.save_params_checkpoint(path, variables)
   restored = export.load_params_checkpoint(path)

@@ -8,29 +8,8 @@ import numpy as np
 import pytest
 
 from cen_jax import inference
-from cen_jax import models
 from cen_jax import resize
-
-TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,
-            decoder_features=(16, 8))
-
-
-def _tiny_model_and_variables(num_modalities=2, seed=0):
-  """The tiny CEN with random variables (eval_shape: no slow init)."""
-  model = models.build(TINY)
-  shapes = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.key(0),
-                          jnp.zeros((num_modalities, 1, 32, 32, 3)))
-  rng = np.random.default_rng(seed)
-  # Fan-in scaled weights keep the activations O(1) through the network.
-  variables = jax.tree.map(
-      lambda s: rng.normal(0.0, 1 / np.prod(s.shape[:-1]) ** 0.5,
-                           s.shape).astype(np.float32), shapes)
-  variables['batch_stats'] = jax.tree.map(
-      lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
-      shapes['batch_stats'])
-  return model, variables
-
+from tests import tiny
 
 def _outputs(modality_logits):
   """A model-like output dict; the ensemble is the modality mean."""
@@ -68,7 +47,7 @@ def test_scaled_size_rounds_half_up_and_keeps_one_pixel():
 
 
 def test_single_scale_is_the_official_protocol_exactly():
-  model, variables = _tiny_model_and_variables()
+  model, variables = tiny.model_and_variables()
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 1, 18, 22, 3)),
                   jnp.float32)
 

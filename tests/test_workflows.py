@@ -29,6 +29,7 @@ from cen_jax import steps
 from cen_jax import train
 from cen_jax import workflows
 from tests import paths
+from tests import tiny
 from tests.test_train import _config
 
 SAMPLES = paths.NYUD_SAMPLES
@@ -220,19 +221,8 @@ def _random_weights_workdir(config, workdir):
   Fan-in scaled random weights keep the activations O(1); a 4-step model
   still predicts one class everywhere, which would hide the augmentation.
   """
-  model = models.build(config.model)
-  shapes = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.key(0), jnp.zeros((2, 1, 32, 32, 3)))
-  rng = np.random.default_rng(0)
-  def draw(path, s):
-    # Small biases: a large classifier bias alone would pick the class.
-    std = 0.01 if path[-1].key == 'bias' else np.prod(s.shape[:-1]) ** -0.5
-    return rng.normal(0.0, std, s.shape).astype(np.float32)
-
-  variables = jax.tree_util.tree_map_with_path(draw, shapes)
-  variables['batch_stats'] = jax.tree.map(
-      lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
-      shapes['batch_stats'])
+  variables = tiny.random_variables(models.build(config.model),
+                                   bias_std=0.01)
   checkpointing.save_variables(workdir / train.IMPORTED_DIR, variables)
   return workdir
 
