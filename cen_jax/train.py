@@ -289,17 +289,20 @@ def _resume(s: Setup, ckpt: checkpointing.Checkpointer, workdir: epath.Path,
 
 
 def exchange_threshold(config: ml_collections.ConfigDict) -> float:
-  """The |gamma| threshold to mark on plots (CEN's default for variants
-  without one)."""
+  """The |gamma| threshold to mark on plots (2e-2 for variants without)."""
   return float(dict(config.model.exchange_kwargs or {}).get('threshold',
                                                             2e-2))
 
 
 def exchange_images(config: ml_collections.ConfigDict,
                     params: Any) -> dict[str, np.ndarray]:
-  """The exchange plots of ``analysis`` as ``(1, H, W, 3)`` uint8 images."""
+  """The exchange plots of ``analysis`` as ``(1, H, W, 3)`` uint8 images.
+
+  Only the bn2 scales are read (and copied to the host), not all of
+  ``params``.
+  """
   images = analysis.summary_images(
-      jax.device_get(params), exchange_mask_fn(config),
+      params, exchange_mask_fn(config),
       exchange_threshold(config), tuple(config.data.modalities))
   return {f'exchange/{k}': v[None] for k, v in images.items()}
 
