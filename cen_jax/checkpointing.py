@@ -271,15 +271,22 @@ def write_config_json(workdir: epath.PathLike,
   return path
 
 
-def save_variables(path: epath.PathLike, variables: Mapping[str, Any]) -> None:
+def save_variables(path: epath.PathLike, variables: Mapping[str, Any], *,
+                   overwrite: bool = True) -> None:
   """Writes model variables alone (no optimiser state) as an Orbax checkpoint.
 
   Used for imported official weights and for inference exports: the
   directory holds ``{'params': ..., 'batch_stats': ...}`` and nothing else.
+
+  Args:
+    path: the checkpoint directory.
+    variables: a pytree of arrays.
+    overwrite: replace a checkpoint already at ``path``; if False, an
+      existing one raises ``ValueError``.
   """
   path = epath.Path(path)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path.resolve(), dict(variables), force=True)
+    ckptr.save(path.resolve(), dict(variables), force=overwrite)
     ckptr.wait_until_finished()
 
 

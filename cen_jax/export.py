@@ -9,7 +9,8 @@ JAX: ``load_export(path).call(x)``; the artifact then holds every weight
 (4 bytes per parameter: about 1 MB for the tiny test model, about 470 MB for
 ResNet-101 with K = 40). With ``bake_variables=False`` the artifact is small
 and takes ``(variables, x)``; load the variables with
-:func:`load_params_checkpoint`.
+``checkpointing.load_variables`` (``--mode=export`` writes them beside the
+artifact).
 
 Shapes: the batch is symbolic unless given, but the image size must be
 static. ``jax.export`` can trace the convolutions with a symbolic height and
@@ -28,7 +29,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from cen_jax import inference
 
@@ -102,37 +102,3 @@ def load_export(path: str | pathlib.Path) -> jax.export.Exported:
   variables were not baked in.
   """
   return jax.export.deserialize(bytearray(pathlib.Path(path).read_bytes()))
-
-
-def save_params_checkpoint(path: str | pathlib.Path, variables: Any, *,
-                           overwrite: bool = False) -> None:
-  """Saves inference variables (no optimiser state) as an Orbax checkpoint.
-
-  Args:
-    path: the checkpoint directory (made absolute; must not exist unless
-      ``overwrite``).
-    variables: a pytree of arrays, e.g. ``{'params': ..., 'batch_stats':
-      ...}``.
-    overwrite: replace an existing checkpoint at ``path``.
-  """
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(pathlib.Path(path).absolute(), variables,
-                      force=overwrite)
-    checkpointer.wait_until_finished()
-
-
-def load_params_checkpoint(path: str | pathlib.Path,
-                           template: Any = None) -> Any:
-  """Restores variables saved by :func:`save_params_checkpoint`.
-
-  Args:
-    path: the checkpoint directory.
-    template: optional pytree of arrays or ``jax.ShapeDtypeStruct`` giving
-      the structure, dtypes (and shardings) to restore into; without it the
-      saved tree comes back as nested dicts of arrays.
-
-  Returns:
-    The variables pytree.
-  """
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(pathlib.Path(path).absolute(), template)

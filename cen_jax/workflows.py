@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from cen_jax import analysis
+from cen_jax import checkpointing
 from cen_jax import export
 from cen_jax import inference
 from cen_jax import input_pipeline
@@ -191,7 +192,7 @@ def export_model(config: ml_collections.ConfigDict, workdir: str,
   out = pathlib.Path(output_dir)
   paths = {'params': out / PARAMS_DIR, 'export': out / EXPORT_FILE,
            'spec': out / SPEC_FILE}
-  export.save_params_checkpoint(paths['params'], variables, overwrite=True)
+  checkpointing.save_variables(paths['params'], variables)
   modalities = tuple(config.data.modalities)
   exported = export.export_inference(
       models.build(config.model), variables,

@@ -1,7 +1,6 @@
 """StableHLO export and parameters-only checkpoints, on the tiny model."""
 
 import functools
-import pickle
 
 import jax
 import jax.numpy as jnp
@@ -66,30 +65,3 @@ def test_export_with_variables_as_argument_and_static_batch(tmp_path):
                              rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='shape'):
     export.load_export(path).call(variables, x[:, :2])
-
-
-def test_params_checkpoint_round_trips_bit_for_bit(tmp_path):
-  _, variables = tiny.model_and_variables()
-  path = tmp_path / 'params'
-  export.save_params_checkpoint(path, variables)
-  restored = export.load_params_checkpoint(path)
-  assert (jax.tree.structure(restored) == jax.tree.structure(variables))
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(
-      np.asarray(a), b, strict=True), restored, variables)
-  # With a template, the restore follows its structure and dtypes.
-  template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                          variables)
-  again = export.load_params_checkpoint(path, template)
-  assert pickle.dumps(jax.tree.map(np.asarray, again)) == pickle.dumps(
-      jax.tree.map(np.asarray, variables))
-
-
-def test_params_checkpoint_refuses_to_overwrite_unless_asked(tmp_path):
-  path = tmp_path / 'params'
-  export.save_params_checkpoint(path, {'w': np.zeros(3, np.float32)})
-  with pytest.raises(ValueError, match='exists'):
-    export.save_params_checkpoint(path, {'w': np.ones(3, np.float32)})
-  export.save_params_checkpoint(path, {'w': np.ones(3, np.float32)},
-                                overwrite=True)
-  np.testing.assert_array_equal(
-      export.load_params_checkpoint(path)['w'], np.ones(3, np.float32))

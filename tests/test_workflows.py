@@ -176,7 +176,7 @@ def test_export_round_trip_equals_the_model(run, tmp_path):
   paths_ = workflows.export_model(config, str(workdir), str(out),
                                   height=36, width=52, platforms=('cpu',))
   variables, _ = workflows.restore_variables(config, str(workdir))
-  restored = export.load_params_checkpoint(paths_['params'])
+  restored = checkpointing.load_variables(paths_['params'])
   jax.tree.map(np.testing.assert_array_equal, restored,
                jax.device_get(variables))
   x = np.random.default_rng(3).normal(size=(2, 3, 36, 52, 3)).astype(
