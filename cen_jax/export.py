@@ -1,4 +1,4 @@
-"""Deployable artifacts: serialized StableHLO and parameters-only checkpoints.
+"""Deployable artifacts: the model and its resize as serialized StableHLO.
 
 :func:`export_inference` serializes the full-resolution inference function
 (``inference.full_res_logits``: the model plus the official cv2-bicubic
