@@ -3,12 +3,14 @@ r"""cen-jax entry point: train, evaluate, import official weights, and more.
   python main.py --config=configs/quickstart.py --workdir=/tmp/cen_quickstart
 
 Modes: ``train`` (train and evaluate, resuming from the workdir; default),
-``eval`` (evaluate the best, latest, a given step, or imported checkpoint),
+``eval`` (evaluate the best, latest, a given step, or imported checkpoint;
+needs only the eval split),
 ``import_torch`` (convert an official ``model-best.pth.tar`` into the
 workdir), ``predict`` (segment a folder or list of RGB-D images),
 ``analyze`` (plot what the model exchanges) and ``export`` (a
-parameters-only checkpoint and a serialized ``jax.export`` artifact). Any
-config field can be overridden: ``--config.optim.batch_size=12``.
+parameters-only checkpoint and a serialized ``jax.export`` artifact), for
+the task ``config.task`` names (``cen_jax/tasks/``). Any config field can be
+overridden: ``--config.optim.batch_size=12``.
 
   python main.py --config=configs/nyud_cen.py --workdir=runs/nyud_cen \
     --mode=predict --input=my_rgbd/ --output=predictions/
@@ -27,8 +29,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from cen_jax import train
-from cen_jax import workflows
+from cen_jax import run
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).',
@@ -96,32 +97,31 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX process %d / %d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  config = _CONFIG.value
+  config, workdir = _CONFIG.value, _WORKDIR.value
   if _MODE.value == 'train':
-    train.train_and_evaluate(config, _WORKDIR.value)
+    run.train_and_evaluate(config, workdir)
   elif _MODE.value == 'eval':
-    train.evaluate(config, _WORKDIR.value, _CHECKPOINT.value)
+    run.evaluate(config, workdir, _CHECKPOINT.value)
   elif _MODE.value == 'import_torch':
     if not _TORCH_CHECKPOINT.value:
       raise app.UsageError('--mode=import_torch needs --torch_checkpoint')
-    train.import_torch(config, _WORKDIR.value, _TORCH_CHECKPOINT.value,
-                       allow_pickle=_TORCH_ALLOW_PICKLE.value)
+    run.import_torch(config, workdir, _TORCH_CHECKPOINT.value,
+                     allow_pickle=_TORCH_ALLOW_PICKLE.value)
   elif _MODE.value == 'predict':
     if not (_INPUT.value and _OUTPUT.value):
       raise app.UsageError('--mode=predict needs --input and --output')
-    workflows.predict_images(
-        config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
-        checkpoint=_CHECKPOINT.value, output=_PREDICTION_OUTPUT.value,
-        crop_to_rgb=_CROP_TO_RGB.value)
+    run.predict(config, workdir, _INPUT.value, _OUTPUT.value,
+                checkpoint=_CHECKPOINT.value,
+                output=_PREDICTION_OUTPUT.value,
+                crop_to_rgb=_CROP_TO_RGB.value)
   elif _MODE.value == 'analyze':
-    workflows.analyze(config, _WORKDIR.value, _OUTPUT.value,
-                      checkpoint=_CHECKPOINT.value)
+    run.analyze(config, workdir, _OUTPUT.value, checkpoint=_CHECKPOINT.value)
   elif _MODE.value == 'export':
     height, width = _export_size()
     if not _OUTPUT.value:
       raise app.UsageError('--mode=export needs --output')
-    workflows.export_model(
-        config, _WORKDIR.value, _OUTPUT.value, height=height, width=width,
+    run.export_model(
+        config, workdir, _OUTPUT.value, height=height, width=width,
         batch=_EXPORT_BATCH.value or None, checkpoint=_CHECKPOINT.value,
         bake_variables=_EXPORT_BAKE.value)
 

@@ -38,9 +38,11 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from cen_jax import analysis
-from cen_jax import train
-from cen_jax import workflows
+from cen_jax import run as run_lib
+from cen_jax import tasks
+from cen_jax.core import exchange_analysis
+from cen_jax.tasks.segmentation import models
+from cen_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/quickstart.py', 'Base config (configs/*.py).',
@@ -98,16 +100,18 @@ def train_variant(config: ml_collections.ConfigDict,
   weights.
   """
   start = time.perf_counter()
-  summary = train.train_and_evaluate(config, str(workdir))
+  summary = run_lib.train_and_evaluate(config, str(workdir))
   if not summary:
     # The workdir held a finished run: nothing trained, so evaluate it.
-    summary = train.evaluate(config, str(workdir), 'latest')
+    summary = run_lib.evaluate(config, str(workdir), 'latest')
   seconds = time.perf_counter() - start
   if len(config.data.modalities) == 1:  # Nothing to exchange with.
     return summary, seconds
-  variables, _ = workflows.restore_variables(config, str(workdir), 'latest')
-  fractions = analysis.overall_fractions(analysis.exchange_table(
-      variables['params'], train.exchange_mask_fn(config)))
+  task = tasks.build(config, workdir)
+  variables, _ = loop.restore_variables(task, workdir, 'latest')
+  fractions = exchange_analysis.overall_fractions(
+      exchange_analysis.exchange_table(models.bn2_scales(variables['params']),
+                                       task.model.exchange.mask_fn))
   for name, frac in zip(config.data.modalities, fractions):
     summary[f'exchanged/{name}'] = 100 * float(frac)
   return summary, seconds

@@ -4,8 +4,9 @@ r"""Speed and memory of the jitted train (and eval) step, on random batches.
     --depth=50 --batch_size=8 --resolution=64,64 --steps=20
 
 Builds the model, the optimiser and the sharded, donating train step exactly
-as ``cen_jax.train`` does (``train.make_optimizer``, ``train.create_state``,
-``train.jit_train_step`` over ``cen_jax.parallel``'s mesh), feeds it one
+as training does (the segmentation task's ``trainer_for``, then
+``loop.create_state`` and ``loop.jit_train_step`` over the loop's mesh),
+feeds it one
 random batch of the input-pipeline contract (``'inputs'`` ``(B, M, H, W, 3)``
 float32, ``'label'`` ``(B, H, W)`` int32 with some 255, ``'valid'`` ``(B,)``)
 and prints: compile time (lower + compile), median and p90 step time over
@@ -19,7 +20,6 @@ GPU and TPU; any config field can also be overridden, e.g.
 ``--config.model.exchange=none``.
 """
 
-import functools
 import resource
 import shlex
 import sys
@@ -30,14 +30,15 @@ from absl import app
 from absl import flags
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from cen_jax import models
-from cen_jax import parallel
-from cen_jax import train
+from cen_jax import tasks
+from cen_jax.tasks.segmentation import models
+from cen_jax.training import loop
+from cen_jax.training import parallel
+from cen_jax.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/quickstart.py', 'Config file (configs/*.py).',
@@ -90,15 +91,12 @@ def resolution(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return h, w
 
 
-def make_setup(config: ml_collections.ConfigDict) -> train.Setup:
-  """``train.setup`` without the data: mesh, model, optimiser."""
+def make_task(config: ml_collections.ConfigDict):
+  """``(task, trainer, mesh)`` without any data: model, optimiser, mesh."""
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.optim.batch_size, mesh, 'batch size')
-  tx, lr_fns, total = train.make_optimizer(config, _NOMINAL_STEPS_PER_EPOCH)
-  names = tuple(f'class{k}' for k in range(config.model.num_classes))
-  return train.Setup(config, mesh, models.build(config.model), tx, lr_fns,
-                     total, _NOMINAL_STEPS_PER_EPOCH, None, None, names,
-                     tuple(config.data.modalities) + ('ensemble',))
+  task = tasks.build(config, workdir='/nonexistent')  # Reads no data.
+  return task, task.trainer_for(_NOMINAL_STEPS_PER_EPOCH), mesh
 
 
 def random_batch(config: ml_collections.ConfigDict, size: tuple[int, int],
@@ -238,22 +236,21 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = bench_config(_CONFIG.value)
   size = resolution(config)
-  s = make_setup(config)
+  task, trainer, mesh = make_task(config)
   init_rng, dropout_rng = jax.random.split(jax.random.key(_SEED.value))
-  m = len(config.data.modalities)
-  variables = jax.jit(functools.partial(s.model.init, train=False))(
-      init_rng, jnp.zeros((m, 1) + size + (3,)))
-  state = train.create_state(s, variables)
-  del variables
+  state = loop.create_state(trainer, mesh,
+                            jax.jit(task.init_variables)(init_rng))
   top = header(config, size, state['params'])
-  batch = random_batch(config, size, s.mesh, _SEED.value)
+  batch = random_batch(config, size, mesh, _SEED.value)
   batch_size = config.optim.batch_size
   rows = {'train step': measure(
-      train.jit_train_step(s), (state, batch, dropout_rng),
+      loop.jit_train_step(trainer, mesh), (state, batch, dropout_rng),
       donates_state=True, batch_size=batch_size)}
   if _EVAL.value:
+    variables = state_lib.subtree(rows['train step']['state'],
+                                  loop.abstract_variables(task))
     rows['eval step'] = measure(
-        train.jit_eval_step(s), (rows['train step']['state'], batch),
+        loop.jit_eval_step(task, mesh), (variables, batch),
         donates_state=False, batch_size=batch_size)
   print('\n'.join(['', top, '', table(rows), '']))
 

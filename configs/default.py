@@ -12,13 +12,15 @@ def get_config() -> ml_collections.ConfigDict:
   """The official CEN recipe (ResNet-101, NYUDv2) with every field named."""
   c = ml_collections.ConfigDict()
   c.seed = 42  # Official seed; drives init, dropout, shuffling, augmentation.
+  # The task (cen_jax/tasks/__init__.py TASKS): 'segmentation'.
+  c.task = 'segmentation'
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = '101'  # ResNet depth: '50', '101', '152', 'tiny' (demos).
   c.model.num_classes = 40  # K; must equal the dataset's class count.
   c.model.width = 64  # ResNet stem width / stage-1 planes (64 officially).
   c.model.decoder_features = (512, 256)  # RefineNet widths (official heavy).
-  # Exchange variant (cen_jax/exchange.py MASKS): 'bn_threshold' (CEN),
+  # Exchange variant (cen_jax/core/exchange.py MASKS): 'bn_threshold' (CEN),
   # 'none' (no-exchange ablation) or 'random' (random-exchange ablation).
   c.model.exchange = 'bn_threshold'
   # Hyperparameters of the variant: threshold for 'bn_threshold' (official

@@ -9,11 +9,12 @@ every ``GeneratorBasedBuilder`` subclass:
 * ``synthetic_rgbd`` (configs ``default``, ``tiny``): generated locally.
 
 Features of all of them: ``rgb`` uint8 (H, W, 3), ``depth`` uint16 (H, W)
-metres x 5000 as stored, ``label`` uint8 (H, W) with 255 = ignore, ``name``
+metres x 5000 as stored, ``label`` uint8 (H, W) with 255 = ignore (both
+defined in ``data.conventions``), ``name``
 text, and ``hha`` uint8 (H, W, 3) where the config computes it. The class
 names, K, the ignore label and the depth scale are in
 ``info.metadata``. Build with ``prepare``; read with
-``cen_jax.input_pipeline.get_source``.
+``cen_jax.tasks.segmentation.input_pipeline.get_source``.
 """
 
 import pathlib

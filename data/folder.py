@@ -23,7 +23,7 @@ Conventions shared by every builder in ``data/``:
   them to the mask size (the official ``CropAlignToMask``), so they are
   stored uncropped; one smaller than the mask is an error;
 * the optional ``hha`` feature is computed once at build time from the
-  stored (uncropped) depth with ``cen_jax.hha`` and is cropped in the
+  stored (uncropped) depth with ``data.hha`` and is cropped in the
   pipeline like the depth.
 
 Every problem with the data (a missing or unreadable file, a malformed list
@@ -47,11 +47,9 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from cen_jax import hha as hha_lib
-
-IGNORE_LABEL = 255
-# Stored depth = metres * DEPTH_SCALE (the official loader's 1/5000).
-DEPTH_SCALE = 5000.0
+from data import hha as hha_lib
+from data.conventions import DEPTH_SCALE
+from data.conventions import IGNORE_LABEL
 # SUN RGB-D toolbox depth is clipped at 8 m when read.
 _SUNRGBD_MAX_DEPTH_M = 8.0
 

@@ -22,7 +22,7 @@ Deviations from the official code: RGB and depth are centre-cropped to the
 mask like NYUDv2 (SUN RGB-D images are already aligned with their labels, so
 this is the identity), where the official code resizes to the mask and
 requires square, pre-resized images. No ``hha`` config: the intrinsics differ
-per sensor and image; compute HHA with ``cen_jax.hha`` and each image's
+per sensor and image; compute HHA with ``data.hha`` and each image's
 intrinsics if needed.
 """
 

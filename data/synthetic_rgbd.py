@@ -25,7 +25,7 @@ label is 255 (ignore) where the samples disagree (mixed boundary pixels),
 and the depth is the top-left sample with Kinect-like noise
 (sigma = 1.5 mm * z^2), quantised to uint16 metres x 5000 like NYUDv2, and
 with a few holes (0 = missing). The ``hha`` feature is computed at build time
-from that depth with ``cen_jax.hha`` and ``camera_matrix(image_size)``.
+from that depth with ``data.hha`` and ``camera_matrix(image_size)``.
 
 Configs: ``synthetic_rgbd`` (= ``/default``, 64x64, 200 train / 50 test,
 about 5 s to build on 2 cores) and ``synthetic_rgbd/tiny`` (32x32, 16 / 8).
@@ -36,8 +36,9 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cen_jax import hha as hha_lib
+from data import conventions
 from data import folder
+from data import hha as hha_lib
 
 CLASS_NAMES = ('floor', 'wall', 'red_tile', 'blue_tile', 'grey_block',
                'grey_dome', 'red_block')
@@ -157,7 +158,7 @@ def _colours(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _sensor_depth(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Noisy uint16 metres x 5000 depth with a few holes."""
   noisy = depth + rng.normal(0.0, 1.0, depth.shape) * 0.0015 * depth ** 2
-  stored = np.round(np.clip(noisy, 0.0, 10.0) * folder.DEPTH_SCALE)
+  stored = np.round(np.clip(noisy, 0.0, 10.0) * conventions.DEPTH_SCALE)
   stored = stored.astype(np.uint16)
   size = depth.shape[0]
   yy, xx = np.mgrid[:size, :size]
@@ -187,7 +188,7 @@ def render(image_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
   rgb = rgb.reshape(n, k, n, k, 3).mean(axis=(1, 3))
   blocks = label.reshape(n, k, n, k).transpose(0, 2, 1, 3).reshape(n, n, -1)
   pure = np.all(blocks == blocks[..., :1], axis=-1)
-  out_label = np.where(pure, blocks[..., 0], folder.IGNORE_LABEL)
+  out_label = np.where(pure, blocks[..., 0], conventions.IGNORE_LABEL)
   return {
       'rgb': np.clip(np.round(rgb), 0, 255).astype(np.uint8),
       'depth': _sensor_depth(depth[::k, ::k], rng),
@@ -237,7 +238,7 @@ class SyntheticRgbd(tfds.core.GeneratorBasedBuilder):
     for i in range(count):
       rng = np.random.default_rng([config.seed, split_id, i])
       example = render(config.image_size, rng)
-      depth_m = example['depth'] / folder.DEPTH_SCALE
+      depth_m = example['depth'] / conventions.DEPTH_SCALE
       name = f"{('train', 'test')[split_id]}_{i:05d}"
       example['hha'] = folder.encode_png(hha_lib.depth_to_hha(depth_m, k))
       example['rgb'] = folder.encode_png(example['rgb'])

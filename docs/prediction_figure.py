@@ -6,8 +6,8 @@ No trained NYUDv2 model can be had here (no ImageNet or CEN weights, no
 dataset download), so this fits a small CEN to the two full RGB-D-label
 samples (000433, 000464) with the ordinary tools: the samples are arranged
 in the official layout, built with the ``nyud_v2`` TFDS builder, trained
-with ``train.train_and_evaluate`` and segmented with
-``workflows.predict_images``, exactly as ``main.py --mode=predict`` does.
+with ``run.train_and_evaluate`` and segmented with ``run.predict``,
+exactly as ``main.py --mode=predict`` does.
 The picture therefore shows the outputs of predict (mask, colour mask,
 overlay) on a real frame; the model has seen that frame in training, so it
 says nothing about accuracy on unseen images.
@@ -25,9 +25,8 @@ import numpy as np
 from PIL import Image
 
 import data
-from cen_jax import predict
-from cen_jax import train
-from cen_jax import workflows
+from cen_jax import run
+from cen_jax.tasks.segmentation import predict
 from configs import quickstart
 
 _SAMPLES = flags.DEFINE_string('samples', '../shared/data/nyud_samples',
@@ -84,15 +83,15 @@ def main(argv):
     official_layout(samples, tmp / 'manual')
     data.prepare('nyud_v2', data_dir=tmp / 'tfds', manual_dir=tmp / 'manual')
     config = config_for(tmp / 'tfds', _STEPS.value)
-    summary = train.train_and_evaluate(config, str(tmp / 'work'))
+    summary = run.train_and_evaluate(config, str(tmp / 'work'))
     print({k: round(v, 2) for k, v in summary.items() if '/iou/' not in k})
     src = tmp / 'predict_in'
     for sub in ('rgb', 'depth'):
       (src / sub).mkdir(parents=True)
       (src / sub / f'{SHOWN}.png').symlink_to(
           (samples / sub / f'{SHOWN}.png').resolve())
-    (written,) = workflows.predict_images(config, str(tmp / 'work'),
-                                          str(src), str(tmp / 'out'))
+    (written,) = run.predict(config, str(tmp / 'work'), str(src),
+                             str(tmp / 'out'))
     label = np.asarray(Image.open(samples / 'label' / f'{SHOWN}.png'))
     colors = np.concatenate([predict.palette(40), np.zeros((216, 3),
                                                            np.uint8)])

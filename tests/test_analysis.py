@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cen_jax import analysis
-from cen_jax import exchange
-from cen_jax import models
+from cen_jax.core import exchange
+from cen_jax.core import exchange_analysis as analysis
+from cen_jax.tasks.segmentation import models
 
 TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,
             decoder_features=(16, 8))
@@ -45,9 +45,13 @@ def _params():
   return params
 
 
+def _scales():
+  return models.bn2_scales(_params())
+
+
 def test_exchange_table_counts_the_channels_below_threshold():
   mask_fn = exchange.get_mask_fn('bn_threshold', threshold=THRESHOLD)
-  table = analysis.exchange_table(_params(), mask_fn)
+  table = analysis.exchange_table(_scales(), mask_fn)
   assert table.sites == ('layer1.0', 'layer2.0', 'layer3.0', 'layer4.0')
   np.testing.assert_array_equal(table.channels, CHANNELS)
   np.testing.assert_array_equal(table.exchanged, EXCHANGED)
@@ -55,16 +59,15 @@ def test_exchange_table_counts_the_channels_below_threshold():
       table.fractions, [[3 / 8, 0], [0, 4 / 16], [8 / 32, 16 / 32], [0, 0]])
   np.testing.assert_array_equal(analysis.overall_fractions(table),
                                 [11 / 120, 20 / 120])
-  # The whole variables dict works too, and other variants plug in.
-  none = analysis.exchange_table({'params': _params()},
-                                 exchange.get_mask_fn('none'))
+  # Other variants plug in.
+  none = analysis.exchange_table(_scales(), exchange.get_mask_fn('none'))
   assert none.exchanged.sum() == 0
 
 
 def test_format_exchange_table_gives_percentages():
   mask_fn = exchange.get_mask_fn('bn_threshold', threshold=THRESHOLD)
   text = analysis.format_exchange_table(
-      analysis.exchange_table(_params(), mask_fn), ('rgb', 'depth'))
+      analysis.exchange_table(_scales(), mask_fn), ('rgb', 'depth'))
   lines = text.splitlines()
   assert lines[0] == '| site | channels | rgb | depth |'
   assert lines[2] == '| layer1.0 | 8 | 37.5% | 0.0% |'
@@ -72,12 +75,12 @@ def test_format_exchange_table_gives_percentages():
   assert lines[-1] == '| all | 120 | 9.2% | 16.7% |'
   with pytest.raises(ValueError, match='1 modality names'):
     analysis.format_exchange_table(
-        analysis.exchange_table(_params(), mask_fn), ('rgb',))
+        analysis.exchange_table(_scales(), mask_fn), ('rgb',))
 
 
 def test_plot_exchange_fractions_draws_the_table():
   mask_fn = exchange.get_mask_fn('bn_threshold', threshold=THRESHOLD)
-  table = analysis.exchange_table(_params(), mask_fn)
+  table = analysis.exchange_table(_scales(), mask_fn)
   fig = analysis.plot_exchange_fractions(table, ('rgb', 'depth'),
                                          figsize=(6, 3), dpi=50)
   ax = fig.axes[0]
@@ -97,7 +100,7 @@ def test_plot_exchange_fractions_draws_the_table():
 
 
 def test_plot_gamma_histograms_counts_and_marks_the_threshold():
-  fig = analysis.plot_gamma_histograms(_params(), THRESHOLD, ('rgb', 'depth'))
+  fig = analysis.plot_gamma_histograms(_scales(), THRESHOLD, ('rgb', 'depth'))
   assert len(fig.axes) == 2
   for m, ax in enumerate(fig.axes):
     heights = np.array([p.get_height() for p in ax.patches])
@@ -117,7 +120,7 @@ def test_plot_gamma_histograms_counts_and_marks_the_threshold():
 
 def test_summary_images_are_rgb_uint8_of_the_figure_size():
   mask_fn = exchange.get_mask_fn('bn_threshold', threshold=THRESHOLD)
-  images = analysis.summary_images(_params(), mask_fn, THRESHOLD,
+  images = analysis.summary_images(_scales(), mask_fn, THRESHOLD,
                                    ('rgb', 'depth'))
   assert images['exchange_fractions'].shape == (400, 800, 3)
   assert images['gamma_histograms'].shape == (500, 800, 3)

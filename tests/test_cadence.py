@@ -2,7 +2,7 @@
 
 import pytest
 
-from cen_jax import cadence
+from cen_jax.training import cadence
 
 
 def _fires(total_steps, every, **kwargs):

@@ -1,4 +1,4 @@
-"""Tests for cen_jax.checkpointing: round trips, best, resume, sharding."""
+"""cen_jax.training.checkpointing: round trips, best, resume, sharding."""
 
 import json
 import math
@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cen_jax import checkpointing
+from cen_jax.training import checkpointing
 from tests import tiny
 
 
@@ -134,6 +134,38 @@ def test_best_only_on_improvement_across_restarts(tmp_path):
     assert (ckpt.best_step, ckpt.best_value) == (45, 46.0)
   best_dir = tmp_path / 'checkpoints' / 'best'
   assert [p.name for p in best_dir.iterdir()] == ['45']  # keep 1
+
+
+def test_best_with_mode_min_keeps_the_lowest_metric(tmp_path):
+  """FID-like metrics: lower is better, across restarts too."""
+  kw = dict(metric_name='fid', mode='min')
+  with checkpointing.Checkpointer(tmp_path, **kw) as ckpt:
+    assert ckpt.save_best(10, _state(10, 10), 80.0)
+    assert not ckpt.save_best(20, _state(20, 20), 90.0)  # worse
+    assert not ckpt.save_best(25, _state(25, 25), 80.0)  # a tie
+    assert ckpt.save_best(30, _state(30, 30), 62.6)
+  with checkpointing.Checkpointer(tmp_path, **kw) as ckpt:
+    assert (ckpt.best_step, ckpt.best_value) == (30, 62.6)
+    assert not ckpt.save_best(40, _state(40, 40), 70.0)
+    assert ckpt.save_best(50, _state(50, 50), 61.0)
+  best_dir = tmp_path / 'checkpoints' / 'best'
+  assert [p.name for p in best_dir.iterdir()] == ['50']
+  with pytest.raises(ValueError, match="'max' or 'min'"):
+    checkpointing.Checkpointer(tmp_path, mode='lowest')
+
+
+def test_partial_restore_reads_only_the_weights(tmp_path):
+  """Evaluation restores params and batch_stats, not the optimiser."""
+  state = _state(3, 7)
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(7, state, {'next_index': 1})
+    ckpt.save_best(7, state, 50.0)
+  weights = {k: state[k] for k in ('params', 'batch_stats')}
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    for restore in (ckpt.restore_latest, ckpt.restore_best):
+      got = restore(_template(weights), partial=True)
+      assert got.step == 7 and got.data_state is None
+      _assert_trees_equal(got.state, weights)
 
 
 def test_restore_into_a_sharded_template_keeps_its_sharding(tmp_path):

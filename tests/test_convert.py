@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cen_jax import convert
-from cen_jax import models
+from cen_jax.tasks.segmentation import convert
+from cen_jax.tasks.segmentation import models
 from tests import parity_utils as pu
 
 TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,

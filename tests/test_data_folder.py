@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import data
-from cen_jax import hha
+from data import hha
 from data import folder
 
 _CLASSES = ('floor', 'wall', 'thing')

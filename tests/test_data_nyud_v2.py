@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import data
-from cen_jax import hha
+from data import hha
 from data import nyud_v2
 from tests import paths
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cen_jax import exchange
+from cen_jax.core import exchange
+from cen_jax.tasks.segmentation import models
 
 
 def _x(num_modalities, channels):
@@ -76,3 +77,21 @@ def test_fractions_and_unknown_names():
   np.testing.assert_array_equal(fr['layer1.0'], [0.5, 0.0])
   with pytest.raises(ValueError, match=r"'bn_threshold', 'none', 'random'"):
     exchange.get('swap')
+
+
+def test_the_built_model_carries_its_variant_mask_and_threshold():
+  """Metrics and plots read ``model.exchange``: nothing is re-derived."""
+  tiny = dict(depth='tiny', num_classes=5, width=8, decoder_features=(16, 8))
+  model = models.build(dict(tiny, exchange='bn_threshold',
+                            exchange_kwargs={'threshold': 0.05}))
+  assert model.exchange.name == 'bn_threshold'
+  assert model.exchange.threshold == 0.05
+  scale = jnp.array([[0.04, 0.06], [-0.01, 1.0]])
+  np.testing.assert_array_equal(model.exchange.mask_fn(scale, site='s'),
+                                [[True, False], [True, False]])
+  # The variant's own default threshold, and the official reference value
+  # for variants that have none.
+  assert models.build(dict(tiny, exchange='bn_threshold')
+                      ).exchange.threshold == 0.02
+  assert models.build(dict(tiny, exchange='random')).exchange.threshold == (
+      exchange.REFERENCE_THRESHOLD)

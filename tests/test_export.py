@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cen_jax import export
-from cen_jax import resize
+from cen_jax.tasks.segmentation import export
+from cen_jax.core import resize
 from tests import tiny
 
 H, W = 20, 28

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cen_jax import hha
+from data import hha
 from tests import paths
 
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cen_jax import inference
-from cen_jax import resize
+from cen_jax.tasks.segmentation import inference
+from cen_jax.core import resize
 from tests import tiny
 
 def _outputs(modality_logits):

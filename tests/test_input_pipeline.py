@@ -7,7 +7,7 @@ from PIL import Image
 import pytest
 
 import data
-from cen_jax import input_pipeline as ip
+from cen_jax.tasks.segmentation import input_pipeline as ip
 from tests import paths
 
 _MEAN = np.array([0.485, 0.456, 0.406])

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cen_jax import metrics
+from cen_jax.tasks.segmentation import metrics
 
 # Three (2, 3) examples, K = 3. Example 1 is batch padding (valid=False).
 _LABELS = np.array([

@@ -1,4 +1,8 @@
-"""The L1 transform and value, the schedules and the two-group SGD."""
+"""The L1 transform and value, the schedules and the two-group SGD.
+
+L1 pieces: ``core.sparsity``; schedules and SGD: ``training.optimizers``;
+the segmentation recipe binding them: ``tasks.segmentation.optim``.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from cen_jax import optim
+from cen_jax.core import sparsity
+from cen_jax.tasks.segmentation import optim
+from cen_jax.training import optimizers
 
 
 def _params():
@@ -26,12 +32,12 @@ def _params():
 
 def test_slices_are_disjoint_and_official_for_two_modalities():
   # C = 5: rgb gets [0, 2), depth [2, 5) (official: first C//2, the rest).
-  np.testing.assert_array_equal(optim.slice_mask(2, 5, 'slices'),
+  np.testing.assert_array_equal(sparsity.slice_mask(2, 5, 'slices'),
                                 [[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]])
-  np.testing.assert_array_equal(optim.slice_mask(3, 6, 'slices'),
+  np.testing.assert_array_equal(sparsity.slice_mask(3, 6, 'slices'),
                                 [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0],
                                  [0, 0, 0, 0, 1, 1]])
-  assert optim.slice_mask(2, 5, 'all').sum() == 10
+  assert sparsity.slice_mask(2, 5, 'all').sum() == 10
 
 
 def test_l1_value_by_hand():
@@ -55,21 +61,21 @@ def test_l1_transform_adds_the_subgradient_on_bn2_scales_only():
 
 
 def test_stage_schedule_is_exact():
-  sched = optim.make_schedule('stages', base_lrs=(5e-4, 2.5e-4, 1e-4),
+  sched = optimizers.make_schedule('stages', base_lrs=(5e-4, 2.5e-4, 1e-4),
                               boundaries=(10, 20), total_steps=30)
   got = [float(sched(s)) for s in (0, 9, 10, 19, 20, 29)]
   assert got == [np.float32(v) for v in (5e-4, 5e-4, 2.5e-4, 2.5e-4, 1e-4,
                                          1e-4)]
   with pytest.raises(ValueError, match='stages'):
-    optim.make_schedule('linear', base_lrs=(1.0,), boundaries=(),
+    optimizers.make_schedule('linear', base_lrs=(1.0,), boundaries=(),
                         total_steps=3)
 
 
 def test_sgd_matches_pytorch_and_resets_momentum_at_stage_starts():
   """Two groups, coupled weight decay, momentum dropped at step 2."""
   params = {'encoder': jnp.array([1.0]), 'decoder': jnp.array([2.0])}
-  lrs = {'encoder': optim.stage_schedule((0.1, 0.1), (2,)),
-         'decoder': optim.stage_schedule((1.0, 1.0), (2,))}
+  lrs = {'encoder': optimizers.stage_schedule((0.1, 0.1), (2,)),
+         'decoder': optimizers.stage_schedule((1.0, 1.0), (2,))}
   tx = optim.make_optimizer(lrs, momentum=0.9, weight_decay=0.5, l1_coef=0.0,
                             l1_scope='slices', reset_steps=(2,))
   state = tx.init(params)

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cen_jax import convert
-from cen_jax import losses
-from cen_jax import models
-from cen_jax import optim
+from cen_jax.tasks.segmentation import convert
+from cen_jax.tasks.segmentation import losses
+from cen_jax.tasks.segmentation import models
+from cen_jax.tasks.segmentation import optim
 from tests import parity_utils as pu
 
 LAMDA = 2e-4

@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cen_jax import inference
-from cen_jax import models
-from cen_jax import predict
+from cen_jax.tasks.segmentation import inference
+from cen_jax.tasks.segmentation import models
+from cen_jax.tasks.segmentation import predict
 from tests import paths
 
 SAMPLES = paths.NYUD_SAMPLES

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cen_jax import resize
+from cen_jax.core import resize
 
 # OpenCV 5 rejects more than 128 channels in one Mat.
 _CV2_MAX_CHANNELS = 128

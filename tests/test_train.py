@@ -1,4 +1,7 @@
-"""The train step, sharding, resume and fault handling, end to end."""
+"""The training loop: sharding, resume and fault handling, end to end.
+
+Run on the segmentation task (the tiny model on the built-in dataset).
+"""
 
 import functools
 
@@ -7,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cen_jax import checkpointing
-from cen_jax import parallel
-from cen_jax import steps
-from cen_jax import train
+from cen_jax import run
+from cen_jax import tasks
+from cen_jax.tasks.segmentation import steps
+from cen_jax.training import checkpointing
+from cen_jax.training import loop
+from cen_jax.training import parallel
 from configs import quickstart
 
 
@@ -49,25 +54,27 @@ def _random_batch(batch, num_modalities=2, size=32, classes=7, seed=0):
 
 
 def _setup_on(tmp_path, devices):
-  c = _config(tmp_path)
-  s = train.setup(c, tmp_path)
-  s.mesh = parallel.make_mesh(devices)
-  variables = train.start_variables(s, tmp_path, jax.random.key(0))
-  return s, train.create_state(s, variables)
+  """``(trainer, mesh, state)`` of the tiny task on ``devices``."""
+  task = tasks.build(_config(tmp_path), tmp_path)
+  trainer = task.trainer()
+  mesh = parallel.make_mesh(devices)
+  variables = loop.start_variables(task, tmp_path, jax.random.key(0),
+                                   parallel.replicated(mesh))
+  return trainer, mesh, loop.create_state(trainer, mesh, variables)
 
 
 def test_sharded_step_equals_single_device_step_and_does_not_recompile(
     tmp_path):
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:4]):
-    s, state = _setup_on(tmp_path, devices)
-    step_fn = train.jit_train_step(s)
+    trainer, mesh, state = _setup_on(tmp_path, devices)
+    step_fn = loop.jit_train_step(trainer, mesh)
     for i in range(3):
-      batch = parallel.global_batch(_random_batch(4, seed=i), s.mesh)
+      batch = parallel.global_batch(_random_batch(4, seed=i), mesh)
       state, m = step_fn(state, batch, jax.random.key(1))
     assert step_fn._cache_size() == 1  # pylint: disable=protected-access
     assert len(state['params']['alpha'].sharding.device_set) == len(devices)
-    results.append(jax.device_get((state, m)))
+    results.append(jax.device_get((state, m.compute())))
   (one, m1), (four, m4) = results
   np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-4,
@@ -81,10 +88,11 @@ def test_sharded_step_equals_single_device_step_and_does_not_recompile(
 
 def test_reported_loss_adds_the_l1_term(tmp_path):
   """loss = CE total + 6e-4 * sum|gamma| over the slices, as officially."""
-  s, state = _setup_on(tmp_path, jax.devices()[:1])
-  step_fn = train.jit_train_step(s)
-  batch = parallel.global_batch(_random_batch(4), s.mesh)
+  trainer, mesh, state = _setup_on(tmp_path, jax.devices()[:1])
+  step_fn = loop.jit_train_step(trainer, mesh)
+  batch = parallel.global_batch(_random_batch(4), mesh)
   _, m = step_fn(state, batch, jax.random.key(1))
+  m = m.compute()
   # Width 8: bn2 widths 8, 16, 32, 64 with gamma = 1, each modality
   # penalised on its half: 2 * (4 + 8 + 16 + 32) = 120.
   np.testing.assert_allclose(float(m['l1']), 120.0)
@@ -94,13 +102,13 @@ def test_reported_loss_adds_the_l1_term(tmp_path):
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
   straight = tmp_path / 'straight'
-  train.train_and_evaluate(_config(tmp_path), str(straight))
+  run.train_and_evaluate(_config(tmp_path), str(straight))
 
   resumed = tmp_path / 'resumed'
-  real_jit = train.jit_train_step
+  real_jit = loop.jit_train_step
 
-  def crashing_jit(s):
-    fn, calls = real_jit(s), []
+  def crashing_jit(trainer, mesh):
+    fn, calls = real_jit(trainer, mesh), []
 
     def step(*args):
       calls.append(1)
@@ -110,19 +118,20 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
 
     return step
 
-  monkeypatch.setattr(train, 'jit_train_step', crashing_jit)
+  monkeypatch.setattr(loop, 'jit_train_step', crashing_jit)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_config(tmp_path), str(resumed))
-  monkeypatch.setattr(train, 'jit_train_step', real_jit)
+    run.train_and_evaluate(_config(tmp_path), str(resumed))
+  monkeypatch.setattr(loop, 'jit_train_step', real_jit)
   with checkpointing.Checkpointer(resumed) as ckpt:
     assert ckpt.latest_step == 2
-  summary = train.train_and_evaluate(_config(tmp_path), str(resumed))
+  summary = run.train_and_evaluate(_config(tmp_path), str(resumed))
   assert 'eval/ensemble/miou' in summary
 
   def final_params(workdir):
-    s = train.setup(_config(tmp_path), workdir)
-    state = train.restore_state(s, workdir, 'latest')
-    return jax.device_get(state)
+    task = tasks.build(_config(tmp_path), workdir)
+    template = loop.abstract_state(task, task.trainer())
+    with checkpointing.Checkpointer(workdir) as ckpt:
+      return jax.device_get(ckpt.restore_latest(template).state)
 
   a, b = final_params(straight), final_params(resumed)
   assert int(a['step']) == int(b['step']) == 4
@@ -141,6 +150,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
   monkeypatch.setattr(steps, 'train_step', poisoned)
   workdir = tmp_path / 'run'
   with pytest.raises(FloatingPointError, match='at step 3'):
-    train.train_and_evaluate(_config(tmp_path), str(workdir))
+    run.train_and_evaluate(_config(tmp_path), str(workdir))
   with checkpointing.Checkpointer(workdir) as ckpt:
     assert ckpt.latest_step == 2

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cen_jax import models
+from cen_jax.tasks.segmentation import models
 
 TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,
             decoder_features=(16, 8))

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cen_jax import inference
+from cen_jax.tasks.segmentation import inference
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 

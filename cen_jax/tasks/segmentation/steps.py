@@ -9,41 +9,25 @@ Batches are dicts from the input pipeline: ``'inputs'`` ``(B, M, H, W, 3)``,
 move the modality axis to the front, where the model wants it.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from cen_jax import exchange
-from cen_jax import losses
-from cen_jax import metrics
-from cen_jax import models
-from cen_jax import optim
-from cen_jax import resize
+from cen_jax.core import exchange
+from cen_jax.core import resize
+from cen_jax.tasks.segmentation import losses
+from cen_jax.tasks.segmentation import metrics
+from cen_jax.tasks.segmentation import models
+from cen_jax.tasks.segmentation import optim
 
 State = dict[str, Any]
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               rng: jax.Array, input_shape: tuple[int, ...],
-               variables: Any = None) -> State:
-  """Initial state; ``variables`` (e.g. imported weights) replace the init.
-
-  Args:
-    model: the CEN module.
-    tx: the optimiser.
-    rng: init key.
-    input_shape: ``(M, B, H, W, 3)`` of a dummy input.
-    variables: optional ``{'params', 'batch_stats'}`` to start from.
-
-  Returns:
-    The state dict.
-  """
-  if variables is None:
-    variables = model.init(rng, jnp.zeros(input_shape, jnp.float32),
-                           train=False)
+def init_state(variables: Any, *, tx: optax.GradientTransformation) -> State:
+  """The step-0 state around ``variables`` (``params``, ``batch_stats``)."""
   params = variables['params']
   return {
       'step': jnp.zeros((), jnp.int32),
@@ -61,17 +45,20 @@ def train_step(state: State, batch: dict[str, jnp.ndarray], rng: jax.Array,
                *, model: nn.Module, tx: optax.GradientTransformation,
                l1_coef: float, l1_scope: str,
                lr_fns: dict[str, Callable[[Any], Any]],
-               mask_fn: Callable[..., jnp.ndarray]
+               modality_names: Sequence[str]
                ) -> tuple[State, dict[str, jnp.ndarray]]:
   """One optimiser step on the official loss.
 
   The loss is the sum of the cross-entropies of every modality output and of
   the ensemble; the L1 subgradient on the bn2 scales is added by ``tx``. The
   reported ``loss`` adds ``l1_coef * L1`` so that it equals the official
-  total.
+  total. The exchanged fractions are those of ``model.exchange``.
 
   Returns:
-    The new state and scalar/vector metrics for this step.
+    The new state and this step's scalars: ``loss``, ``ce_total``,
+    ``ce_ensemble``, ``l1``, ``lr_<group>``, and per modality ``ce_<m>``,
+    ``alpha_<m>``, ``exchanged_<m>`` (all bn2 sites) and
+    ``exchanged_<m>_layer<s>`` (the blocks of stage s).
   """
   rng = jax.random.fold_in(rng, state['step'])
   x = _modality_major(batch['inputs'])
@@ -88,7 +75,7 @@ def train_step(state: State, batch: dict[str, jnp.ndarray], rng: jax.Array,
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   l1 = optim.l1_value(state['params'], l1_scope)
   fractions = exchange.exchange_fractions(
-      models.bn2_scales(state['params']), mask_fn)
+      models.bn2_scales(state['params']), model.exchange.mask_fn)
   new_state = {
       'step': state['step'] + 1,
       'params': optax.apply_updates(state['params'], updates),
@@ -99,13 +86,17 @@ def train_step(state: State, batch: dict[str, jnp.ndarray], rng: jax.Array,
       'loss': ce['ce_total'] + l1_coef * l1,
       'ce_total': ce['ce_total'],
       'ce_ensemble': ce['ce_ensemble'],
-      'ce_modality': ce['ce_modality'],
       'l1': l1,
-      'alpha': alpha,
-      'exchanged': jnp.mean(jnp.stack(list(fractions.values())), axis=0),
-      'exchanged_per_stage': _per_stage(fractions),
       **{f'lr_{name}': fn(state['step']) for name, fn in lr_fns.items()},
   }
+  overall = jnp.mean(jnp.stack(list(fractions.values())), axis=0)
+  per_stage = _per_stage(fractions)
+  for m, name in enumerate(modality_names):
+    step_metrics[f'ce_{name}'] = ce['ce_modality'][m]
+    step_metrics[f'alpha_{name}'] = alpha[m]
+    step_metrics[f'exchanged_{name}'] = overall[m]
+    for stage, frac in enumerate(per_stage[:, m]):
+      step_metrics[f'exchanged_{name}_layer{stage + 1}'] = frac
   return new_state, step_metrics
 
 
@@ -131,17 +122,17 @@ def full_res_logits(model: nn.Module, variables: Any,
   return resize.resize_bicubic_cv2(logits, size)
 
 
-def eval_step(state: State, batch: dict[str, jnp.ndarray], *,
+def eval_step(variables: Any, batch: dict[str, jnp.ndarray], *,
               model: nn.Module, num_classes: int,
               logits_fn: Callable[..., jnp.ndarray] = full_res_logits
               ) -> jnp.ndarray:
   """Confusion matrices ``(M + 1, K, K)`` of every output on one batch.
 
+  ``variables`` are ``{'params', 'batch_stats'}``.
   ``logits_fn(model, variables, x, size) -> (M + 1, B, H, W, K)`` decides
   the protocol (single scale by default; multi-scale and flip from
-  ``cen_jax.inference``).
+  ``inference.model_logits_fn``).
   """
-  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   x = _modality_major(batch['inputs'])
   logits = logits_fn(model, variables, x, batch['label'].shape[1:3])
   preds = jnp.argmax(logits, axis=-1)

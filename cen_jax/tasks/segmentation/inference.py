@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cen_jax import resize
+from cen_jax.core import resize
 
 # Output stride of the ResNet encoder: sizes that are multiples of it give
 # logits of exactly a quarter of the input size.

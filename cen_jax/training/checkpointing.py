@@ -78,12 +78,12 @@ def _metric_value(metrics: Mapping[str, float], name: str) -> float:
 
 
 def _manager(directory: epath.Path, preservation_policy: Any,
-             async_save: bool,
-             best_fn: Any = None) -> ocp.CheckpointManager:
+             async_save: bool, best_fn: Any = None,
+             best_mode: str = 'max') -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       preservation_policy=preservation_policy,
       best_fn=best_fn,  # also makes orbax persist the metrics it ranks by
-      best_mode='max',
+      best_mode=best_mode,
       # Leftovers of a save killed before its rename are never restorable.
       cleanup_tmp_directories=True,
       enable_async_checkpointing=async_save,
@@ -104,15 +104,20 @@ class Checkpointer:
     workdir: the run's directory (local path or ``gs://``).
     keep_latest: how many ``latest`` checkpoints to keep.
     metric_name: name under which :meth:`save_best` records its metric.
+    mode: ``'max'`` (higher is better, e.g. mIoU) or ``'min'`` (FID).
     async_save: write in a background thread.
   """
 
   def __init__(self, workdir: epath.PathLike, *, keep_latest: int = 2,
-               metric_name: str = 'miou', async_save: bool = True):
+               metric_name: str = 'miou', mode: str = 'max',
+               async_save: bool = True):
     if keep_latest < 1:
       raise ValueError(f'keep_latest must be >= 1: {keep_latest}.')
+    if mode not in ('max', 'min'):
+      raise ValueError(f"mode must be 'max' or 'min': {mode!r}.")
     root = epath.Path(workdir) / 'checkpoints'
     self._metric_name = metric_name
+    self._mode = mode
     self._latest = _manager(
         root / _LATEST, ocp.checkpoint_managers.LatestN(n=keep_latest),
         async_save)
@@ -120,9 +125,9 @@ class Checkpointer:
     self._best = _manager(
         root / _BEST,
         ocp.checkpoint_managers.BestN(
-            get_metric_fn=get_metric, n=1,
+            get_metric_fn=get_metric, n=1, reverse=mode == 'min',
             keep_checkpoints_without_metrics=False),
-        async_save, best_fn=get_metric)
+        async_save, best_fn=get_metric, best_mode=mode)
     self._best_value = self._stored_best_value()
 
   def _stored_best_value(self) -> float | None:
@@ -166,7 +171,8 @@ class Checkpointer:
                 data_state: Any = None) -> bool:
     """Saves ``state`` as ``best`` if ``metric`` beats every earlier one.
 
-    Higher is better; ties and NaN do not count as improvements. The best
+    Higher is better (lower with ``mode='min'``); ties and NaN do not count
+    as improvements. The best
     value so far survives restarts (orbax stores it beside the checkpoint).
 
     Args:
@@ -181,7 +187,9 @@ class Checkpointer:
     metric = float(metric)
     if math.isnan(metric):
       return False
-    improved = self._best_value is None or metric > self._best_value
+    improved = (self._best_value is None
+                or (metric < self._best_value if self._mode == 'min'
+                    else metric > self._best_value))
     if not improved or step in self._best.all_steps():
       return False
     saved = self._best.save(step, args=_save_args(state, data_state),
@@ -190,25 +198,30 @@ class Checkpointer:
       self._best_value = metric
     return saved
 
-  def restore_latest(self, template: Any) -> Restored | None:
+  def restore_latest(self, template: Any, *,
+                     partial: bool = False) -> Restored | None:
     """Restores the newest ``latest`` checkpoint, or ``None`` if none exists.
 
     Args:
       template: pytree like the saved state whose leaves (``jax.Array``,
         ``jax.ShapeDtypeStruct`` with a ``sharding``, NumPy arrays or
         Python scalars) give the shapes, dtypes and shardings to restore to.
+      partial: ``template`` is a sub-tree of the saved state (e.g. the
+        weights without the optimiser state): read only what it names.
 
     Returns:
-      ``Restored(state, data_state, step)`` or ``None``.
+      ``Restored(state, data_state, step)`` or ``None``; ``data_state`` is
+      ``None`` for a partial restore.
     """
-    return self._restore(self._latest, self.latest_step, template)
+    return self._restore(self._latest, self.latest_step, template, partial)
 
-  def restore_best(self, template: Any) -> Restored | None:
+  def restore_best(self, template: Any, *,
+                   partial: bool = False) -> Restored | None:
     """Restores the ``best`` checkpoint (see :meth:`restore_latest`)."""
-    return self._restore(self._best, self.best_step, template)
+    return self._restore(self._best, self.best_step, template, partial)
 
-  def restore(self, step: int, template: Any, *,
-              best: bool = False) -> Restored:
+  def restore(self, step: int, template: Any, *, best: bool = False,
+              partial: bool = False) -> Restored:
     """Restores a given step of ``latest`` (or of ``best`` when ``best``).
 
     Raises:
@@ -218,14 +231,22 @@ class Checkpointer:
     if step not in manager.all_steps():
       raise FileNotFoundError(
           f'No step {step} in {manager.directory}: {manager.all_steps()}.')
-    return self._restore(manager, step, template)
+    return self._restore(manager, step, template, partial)
 
   def _restore(self, manager: ocp.CheckpointManager, step: int | None,
-               template: Any) -> Restored | None:
+               template: Any, partial: bool) -> Restored | None:
     if step is None:
       return None
     # An async save of this very step may still be in flight.
     manager.wait_until_finished()
+    if partial:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              item=template,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(
+                  template),
+              partial_restore=True)))
+      return Restored(restored.state, None, step)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(template),
         data=ocp.args.JsonRestore()))

@@ -48,14 +48,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 import data
+from data import conventions
 
 MODALITIES = ('rgb', 'depth', 'hha')
 # ImageNet mean in 0..255: the official per-channel padding values.
 PAD_VALUES = (123.675, 116.28, 103.53)
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
-DEPTH_SCALE = 1.0 / 5000.0
-IGNORE_LABEL = 255
 # The official ResizeAndScale: nearest for depth, bicubic otherwise.
 _INTERPOLATION = {'rgb': cv2.INTER_CUBIC, 'depth': cv2.INTER_NEAREST,
                   'hha': cv2.INTER_CUBIC}
@@ -198,7 +197,7 @@ def pad(sample: Sample, size: int) -> Sample:
   pw = max((size - w + 1) // 2, 0)
   widths = ((ph, ph), (pw, pw))
   out = {'label': np.pad(sample['label'], widths,
-                         constant_values=IGNORE_LABEL)}
+                         constant_values=conventions.IGNORE_LABEL)}
   for key, x in sample.items():
     if key != 'label':
       out[key] = np.stack([
@@ -234,7 +233,8 @@ def normalise(sample: Sample, modalities: Sequence[str]) -> np.ndarray:
   out = []
   for m in modalities:
     x = sample[m].astype(np.float64)
-    out.append(x * DEPTH_SCALE if m == 'depth' else (x / 255.0 - mean) / std)
+    out.append(x * (1.0 / conventions.DEPTH_SCALE) if m == 'depth'
+               else (x / 255.0 - mean) / std)
   return np.stack(out).astype(np.float32)
 
 
@@ -285,7 +285,7 @@ class EvalTransform(grain.transforms.Map):
     label = sample['label'].astype(np.int32)
     if element.get(_PADDING_KEY, False):
       return {'inputs': np.zeros_like(inputs),
-              'label': np.full_like(label, IGNORE_LABEL),
+              'label': np.full_like(label, conventions.IGNORE_LABEL),
               'valid': np.bool_(False)}
     return {'inputs': inputs, 'label': label, 'valid': np.bool_(True)}
 

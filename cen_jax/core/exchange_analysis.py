@@ -1,12 +1,14 @@
-"""What a trained CEN exchanges: per-layer fractions and bn2 gamma plots.
+"""What a trained CEN exchanges: per-site fractions and norm-scale plots.
 
-CEN exchanges channel ``c`` of modality ``m`` at a Bottleneck's bn2 where
-the exchange variant's mask is set, for ``'bn_threshold'`` where
-``|gamma_m[c]| < threshold`` (reference §2.3). These helpers read that off a
-parameter tree: :func:`exchange_table` counts the exchanged channels per
-layer and modality, :func:`plot_exchange_fractions` and
-:func:`plot_gamma_histograms` draw them, and :func:`summary_images` renders
-both as uint8 images for TensorBoard.
+CEN exchanges channel ``c`` of modality ``m`` at an exchange site (the bn2 of
+a segmentation Bottleneck, the IN of a translation encoder block) where the
+exchange variant's mask is set, for ``'bn_threshold'`` where
+``|gamma_m[c]| < threshold`` (reference §2.3). These helpers read that off
+the sites' scales, ``{site: (M, C) gamma}`` in network order (each task
+knows where its sites are, e.g. ``segmentation.models.bn2_scales``):
+:func:`exchange_table` counts the exchanged channels per site and modality,
+:func:`plot_exchange_fractions` and :func:`plot_gamma_histograms` draw them,
+and :func:`summary_images` renders both as uint8 images for TensorBoard.
 
 Figures are built on ``matplotlib.figure.Figure`` with an explicit Agg
 canvas: no pyplot, no global backend switch, nothing set at import.
@@ -14,22 +16,23 @@ canvas: no pyplot, no global backend switch, nothing set at import.
 
 import io
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from cen_jax import exchange
-from cen_jax import models
+from cen_jax.core import exchange
+
+Scales = Mapping[str, Any]
 
 
 class ExchangeTable(NamedTuple):
-  """Exchanged channels per exchange site (bn2 layer) and modality.
+  """Exchanged channels per exchange site and modality.
 
   Attributes:
     sites: the L site names in network order, ``('layer1.0', ...)``.
-    channels: ``(L,)`` int, channels C of each site's bn2.
+    channels: ``(L,)`` int, channels C of each site.
     exchanged: ``(L, M)`` int, channels replaced by the other modalities.
     fractions: ``(L, M)`` float64, ``exchanged / channels``.
   """
@@ -37,13 +40,6 @@ class ExchangeTable(NamedTuple):
   channels: np.ndarray
   exchanged: np.ndarray
   fractions: np.ndarray
-
-
-def _params(params: Any) -> Any:
-  """Accepts the ``params`` collection or the whole ``variables`` dict."""
-  if 'encoder' not in params and 'params' in params:
-    return params['params']
-  return params
 
 
 def _modality_names(names: Sequence[str] | None, num: int) -> tuple[str, ...]:
@@ -55,18 +51,16 @@ def _modality_names(names: Sequence[str] | None, num: int) -> tuple[str, ...]:
   return tuple(names)
 
 
-def exchange_table(params: Any, mask_fn: exchange.MaskFn) -> ExchangeTable:
-  """Counts the channels that ``mask_fn`` exchanges at every bn2.
+def exchange_table(scales: Scales, mask_fn: exchange.MaskFn) -> ExchangeTable:
+  """Counts the channels that ``mask_fn`` exchanges at every site.
 
   Args:
-    params: the model's ``params`` (or its ``variables``).
-    mask_fn: ``exchange.get_mask_fn(name, **kwargs)`` of the model's
-      variant.
+    scales: ``{site: (M, C) gamma}`` of every exchange site, in order.
+    mask_fn: the model's ``exchange.mask_fn``.
 
   Returns:
     The :class:`ExchangeTable`.
   """
-  scales = models.bn2_scales(_params(params))
   exchanged = np.stack([
       np.asarray(mask_fn(scale, site=site)).sum(axis=-1)
       for site, scale in scales.items()]).astype(np.int64)
@@ -76,7 +70,7 @@ def exchange_table(params: Any, mask_fn: exchange.MaskFn) -> ExchangeTable:
 
 
 def overall_fractions(table: ExchangeTable) -> np.ndarray:
-  """``(M,)`` fraction of all bn2 channels exchanged, per modality."""
+  """``(M,)`` fraction of all site channels exchanged, per modality."""
   return table.exchanged.sum(axis=0) / table.channels.sum()
 
 
@@ -136,9 +130,8 @@ def plot_exchange_fractions(table: ExchangeTable,
   return fig
 
 
-def gamma_values(params: Any) -> np.ndarray:
-  """``(M, N)`` |gamma| of every bn2 channel of every site, per modality."""
-  scales = models.bn2_scales(_params(params))
+def gamma_values(scales: Scales) -> np.ndarray:
+  """``(M, N)`` |gamma| of every channel of every site, per modality."""
   return np.abs(np.concatenate([np.asarray(s) for s in scales.values()], -1))
 
 
@@ -151,7 +144,7 @@ def _log_bins(gammas: np.ndarray, threshold: float,
                               / per_decade)
 
 
-def plot_gamma_histograms(params: Any, threshold: float,
+def plot_gamma_histograms(scales: Scales, threshold: float,
                           modality_names: Sequence[str] | None = None, *,
                           bins_per_decade: int = 10,
                           figsize: tuple[float, float] | None = None,
@@ -165,7 +158,7 @@ def plot_gamma_histograms(params: Any, threshold: float,
   counted in the first bin.
 
   Args:
-    params: the model's ``params`` (or its ``variables``).
+    scales: ``{site: (M, C) gamma}`` of every exchange site.
     threshold: the exchange threshold, drawn as a vertical dashed line.
     modality_names: subplot titles, in modality order.
     bins_per_decade: bin resolution.
@@ -176,7 +169,7 @@ def plot_gamma_histograms(params: Any, threshold: float,
     A Figure with one Axes per modality; each holds the histogram bars
     (``ax.patches``) and the threshold line (``ax.lines[0]``).
   """
-  gammas = gamma_values(params)
+  gammas = gamma_values(scales)
   names = _modality_names(modality_names, gammas.shape[0])
   # Compare in the parameters' precision, as the exchange mask does: the
   # float32 0.02 is below the float64 0.02.
@@ -209,7 +202,7 @@ def figure_to_png(fig: Figure) -> bytes:
   return buffer.getvalue()
 
 
-def summary_images(params: Any, mask_fn: exchange.MaskFn, threshold: float,
+def summary_images(scales: Scales, mask_fn: exchange.MaskFn, threshold: float,
                    modality_names: Sequence[str] | None = None
                    ) -> dict[str, np.ndarray]:
   """Both plots as uint8 ``(H, W, 3)`` images, keyed for TensorBoard.
@@ -218,7 +211,7 @@ def summary_images(params: Any, mask_fn: exchange.MaskFn, threshold: float,
   ``writer.write_images(step, {k: v[None] for k, v in images.items()})``.
 
   Args:
-    params: the model's ``params`` (or its ``variables``).
+    scales: ``{site: (M, C) gamma}`` of every exchange site.
     mask_fn: the model's exchange mask function.
     threshold: the |gamma| threshold to mark on the histograms.
     modality_names: names in modality order.
@@ -226,10 +219,10 @@ def summary_images(params: Any, mask_fn: exchange.MaskFn, threshold: float,
   Returns:
     ``{'exchange_fractions': image, 'gamma_histograms': image}``.
   """
-  table = exchange_table(params, mask_fn)
+  table = exchange_table(scales, mask_fn)
   return {
       'exchange_fractions': figure_to_rgb(
           plot_exchange_fractions(table, modality_names)),
       'gamma_histograms': figure_to_rgb(
-          plot_gamma_histograms(params, threshold, modality_names)),
+          plot_gamma_histograms(scales, threshold, modality_names)),
   }

@@ -17,9 +17,16 @@ Gradients route as in the official code: ``jnp.where`` sends no gradient to
 the branch it discards, so a replaced channel gives its own modality (and its
 gamma and beta) no task gradient. The mask is a comparison and carries no
 gradient either; gamma still receives the L1 subgradient from the optimiser.
+
+:func:`get` returns an :class:`Exchange`: the function a model applies at
+every exchange site, carrying its mask function and threshold, so that
+training metrics, analysis plots and the model read one configured variant
+(``model.exchange``) instead of re-deriving it from the config.
 """
 
+import dataclasses
 import functools
+import inspect
 import zlib
 from typing import Callable, Protocol
 
@@ -106,15 +113,32 @@ MASKS: dict[str, MaskFn] = {
 }
 
 
-def _exchange(x: jnp.ndarray, scale: jnp.ndarray, *, site: str,
-              mask_fn: MaskFn) -> jnp.ndarray:
-  return masked_exchange(x, mask_fn(scale, site=site))
+# The |gamma| level marked on plots for variants without a threshold: the
+# official CEN threshold, for reference.
+REFERENCE_THRESHOLD = 2e-2
 
 
-def _identity(x: jnp.ndarray, scale: jnp.ndarray, *,
-              site: str) -> jnp.ndarray:
-  del scale, site
-  return x
+@dataclasses.dataclass(frozen=True)
+class Exchange:
+  """One configured exchange variant; call it as ``fn(x, scale, site=...)``.
+
+  Attributes:
+    name: the variant's key in ``MASKS``.
+    mask_fn: ``mask_fn(scale, *, site) -> (M, C) bool`` with the variant's
+      hyperparameters bound.
+    threshold: the |gamma| threshold of the variant (its ``threshold``
+      hyperparameter, bound or default), or ``REFERENCE_THRESHOLD`` for
+      variants without one; what analysis plots mark.
+  """
+  name: str
+  mask_fn: MaskFn
+  threshold: float
+
+  def __call__(self, x: jnp.ndarray, scale: jnp.ndarray, *,
+               site: str) -> jnp.ndarray:
+    if self.name == 'none':  # Skip the where entirely: no work, same result.
+      return x
+    return masked_exchange(x, self.mask_fn(scale, site=site))
 
 
 def get_mask_fn(name: str, **kwargs) -> MaskFn:
@@ -125,8 +149,17 @@ def get_mask_fn(name: str, **kwargs) -> MaskFn:
   return functools.partial(MASKS[name], **kwargs)
 
 
-def get(name: str, **kwargs) -> ExchangeFn:
-  """The exchange function of variant ``name`` with hyperparameters bound.
+def _threshold(name: str, kwargs: dict[str, float]) -> float:
+  if 'threshold' in kwargs:
+    return float(kwargs['threshold'])
+  param = inspect.signature(MASKS[name]).parameters.get('threshold')
+  if param is None or param.default is inspect.Parameter.empty:
+    return REFERENCE_THRESHOLD
+  return float(param.default)
+
+
+def get(name: str, **kwargs) -> Exchange:
+  """The exchange variant ``name`` with hyperparameters bound.
 
   Args:
     name: one of ``MASKS`` (``'none'``, ``'bn_threshold'``, ``'random'``).
@@ -134,12 +167,10 @@ def get(name: str, **kwargs) -> ExchangeFn:
       ``seed``).
 
   Returns:
-    ``fn(x, scale, *, site) -> x``.
+    An :class:`Exchange`, ``fn(x, scale, *, site) -> x``.
   """
   mask_fn = get_mask_fn(name, **kwargs)
-  if name == 'none':  # Skip the where entirely: no work, same result.
-    return _identity
-  return functools.partial(_exchange, mask_fn=mask_fn)
+  return Exchange(name, mask_fn, _threshold(name, kwargs))
 
 
 def exchange_fractions(bn2_scales: dict[str, jnp.ndarray],

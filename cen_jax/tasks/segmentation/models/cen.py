@@ -4,15 +4,16 @@
 at 1/4 resolution and their learned softmax ensemble (reference §2.5).
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cen_jax.models import layers
-from cen_jax.models import refinenet
-from cen_jax.models import resnet
+from cen_jax.core import exchange as exchange_lib
+from cen_jax.core import layers
+from cen_jax.tasks.segmentation.models import refinenet
+from cen_jax.tasks.segmentation.models import resnet
 
 BN_MODES = ('frozen', 'batch')
 
@@ -23,7 +24,9 @@ class CEN(nn.Module):
   Attributes:
     num_classes: K.
     stage_sizes: ResNet blocks per stage (``resnet.STAGE_SIZES``).
-    exchange: ``fn(x, scale, *, site) -> x`` (``cen_jax.exchange.get``).
+    exchange: the exchange variant (``cen_jax.core.exchange.get``), applied
+      after every bn2; its mask function and threshold are what training
+      metrics and analysis read.
     width: ResNet stem width (64 for the official models).
     decoder_features: RefineNet widths (512, 256 officially).
     bn_mode: ``'frozen'``: BN always normalises with its stored running
@@ -37,7 +40,7 @@ class CEN(nn.Module):
   """
   num_classes: int
   stage_sizes: Sequence[int]
-  exchange: Callable[..., jnp.ndarray]
+  exchange: exchange_lib.Exchange
   width: int = 64
   decoder_features: Sequence[int] = (512, 256)
   bn_mode: str = 'frozen'

@@ -1,4 +1,4 @@
-"""main.py's predict, analyze and export modes, and multi-scale evaluation.
+"""main.py's segmentation modes (predict, analyze, export) and evaluation.
 
 One tiny model is trained for 4 steps on the built-in dataset (module
 fixture); every mode then restores it from the workdir as a user would.
@@ -17,17 +17,18 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cen_jax import checkpointing
-from cen_jax import export
-from cen_jax import inference
-from cen_jax import input_pipeline
-from cen_jax import metrics
-from cen_jax import models
-from cen_jax import predict
-from cen_jax import resize
-from cen_jax import steps
-from cen_jax import train
-from cen_jax import workflows
+from cen_jax import run as run_lib
+from cen_jax import tasks
+from cen_jax.core import resize
+from cen_jax.tasks.segmentation import export
+from cen_jax.tasks.segmentation import inference
+from cen_jax.tasks.segmentation import input_pipeline
+from cen_jax.tasks.segmentation import metrics
+from cen_jax.tasks.segmentation import models
+from cen_jax.tasks.segmentation import predict
+from cen_jax.tasks.segmentation import steps
+from cen_jax.training import checkpointing
+from cen_jax.training import loop
 from tests import paths
 from tests import tiny
 from tests.test_train import _config
@@ -41,8 +42,13 @@ def run(tmp_path_factory):
   """``(config, workdir)`` of a finished 4-step run (checkpoints at 2, 4)."""
   root = tmp_path_factory.mktemp('run')
   config = _config(root)
-  train.train_and_evaluate(config, str(root / 'work'))
+  run_lib.train_and_evaluate(config, str(root / 'work'))
   return config, root / 'work'
+
+
+def _restore(config, workdir, which='best'):
+  """``(variables, step)`` as every mode restores them."""
+  return loop.restore_variables(tasks.build(config, workdir), workdir, which)
 
 
 def _quarter_logits(model, variables, x):
@@ -71,17 +77,21 @@ def _normalised_sample(name):
 
 def test_restore_variables_reads_the_best_checkpoint(run):
   config, workdir = run
-  variables, step = workflows.restore_variables(config, str(workdir))
+  variables, step = _restore(config, str(workdir))
   assert step == 4
-  s = train.setup(config, workdir)
-  state = jax.device_get(train.restore_state(s, workdir, '4'))
+  # Only the weights were read; they equal those of the whole state.
+  assert set(variables) == {'params', 'batch_stats'}
+  task = tasks.build(config, workdir)
+  with checkpointing.Checkpointer(workdir) as ckpt:
+    state = jax.device_get(ckpt.restore(
+        4, loop.abstract_state(task, task.trainer())).state)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables),
                {'params': state['params'],
                 'batch_stats': state['batch_stats']})
   with pytest.raises(ValueError, match="'newest'"):
-    workflows.restore_variables(config, str(workdir), 'newest')
+    _restore(config, str(workdir), 'newest')
   with pytest.raises(FileNotFoundError, match='No step 3'):
-    workflows.restore_variables(config, str(workdir), '3')
+    _restore(config, str(workdir), '3')
 
 
 def test_predict_on_real_samples_equals_the_official_protocol(run, tmp_path):
@@ -91,11 +101,11 @@ def test_predict_on_real_samples_equals_the_official_protocol(run, tmp_path):
     (src / sub).mkdir(parents=True)
     for name in NAMES:
       os.symlink(SAMPLES / sub / f'{name}.png', src / sub / f'{name}.png')
-  written = workflows.predict_images(config, str(workdir), str(src),
+  written = run_lib.predict(config, str(workdir), str(src),
                                      str(tmp_path / 'out'))
   assert [w.name for w in written] == list(NAMES)
 
-  variables, _ = workflows.restore_variables(config, str(workdir))
+  variables, _ = _restore(config, str(workdir))
   model = models.build(config.model)
   colors = predict.palette(7)
   for w in written:
@@ -117,7 +127,7 @@ def test_predict_on_real_samples_equals_the_official_protocol(run, tmp_path):
   assert legend[1] == f'1\t{names[1]}\t#{"%02x%02x%02x" % tuple(colors[1])}'
 
   with pytest.raises(ValueError, match='one mask per image'):
-    workflows.predict_images(config, str(workdir), str(src),
+    run_lib.predict(config, str(workdir), str(src),
                              str(tmp_path / 'o2'), output='all')
 
 
@@ -131,9 +141,9 @@ def test_predict_a_modality_output_by_name(run, tmp_path):
   (src / 'depth').mkdir()
   Image.fromarray(rgb).save(src / 'rgb' / 'a.png')
   cv2.imwrite(str(src / 'depth' / 'a.png'), depth)
-  (w,) = workflows.predict_images(config, str(workdir), str(src),
+  (w,) = run_lib.predict(config, str(workdir), str(src),
                                   str(tmp_path / 'out'), output='depth')
-  variables, _ = workflows.restore_variables(config, str(workdir))
+  variables, _ = _restore(config, str(workdir))
   want = inference.make_predict_fn(
       models.build(config.model).apply, variables, output=1)(
           predict.read_example(predict.Example('a', {
@@ -146,7 +156,7 @@ def test_predict_a_modality_output_by_name(run, tmp_path):
 
 def test_analyze_counts_the_channels_below_the_threshold(run, tmp_path):
   config, workdir = run
-  variables, _ = workflows.restore_variables(config, str(workdir))
+  variables, _ = _restore(config, str(workdir))
   variables = jax.tree.map(np.array, variables)  # writable host copies
   scale = variables['params']['encoder']['layer1_0']['bn2']['scale']
   scale[0, :] = 1.0
@@ -157,8 +167,8 @@ def test_analyze_counts_the_channels_below_the_threshold(run, tmp_path):
   for name in ('layer2_0', 'layer3_0', 'layer4_0'):
     variables['params']['encoder'][name]['bn2']['scale'][:] = 1.0
   imported = tmp_path / 'imported'
-  checkpointing.save_variables(imported / train.IMPORTED_DIR, variables)
-  paths_ = workflows.analyze(config, str(imported), checkpoint='imported')
+  checkpointing.save_variables(imported / loop.IMPORTED_DIR, variables)
+  paths_ = run_lib.analyze(config, str(imported), checkpoint='imported')
   assert paths_['table'].parent == imported / 'analysis' / '0'
   table = paths_['table'].read_text()
   assert '| layer1.0 | 8 | 25.0% | 12.5% |' in table
@@ -173,9 +183,9 @@ def test_analyze_counts_the_channels_below_the_threshold(run, tmp_path):
 def test_export_round_trip_equals_the_model(run, tmp_path):
   config, workdir = run
   out = tmp_path / 'export'
-  paths_ = workflows.export_model(config, str(workdir), str(out),
+  paths_ = run_lib.export_model(config, str(workdir), str(out),
                                   height=36, width=52, platforms=('cpu',))
-  variables, _ = workflows.restore_variables(config, str(workdir))
+  variables, _ = _restore(config, str(workdir))
   restored = checkpointing.load_variables(paths_['params'])
   jax.tree.map(np.testing.assert_array_equal, restored,
                jax.device_get(variables))
@@ -194,15 +204,14 @@ def test_export_round_trip_equals_the_model(run, tmp_path):
 
 def test_single_scale_tta_is_the_official_eval_protocol(run):
   config, workdir = run
-  s = train.setup(config, workdir)
-  assert train.eval_logits_fn(config) is steps.full_res_logits
-  state = train.restore_state(s, workdir)
-  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  task = tasks.build(config, workdir)
+  assert task.eval_step.keywords['logits_fn'] is steps.full_res_logits
+  variables, _ = _restore(config, workdir)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2, 30, 42, 3)),
                   jnp.float32)
-  official = jax.jit(functools.partial(steps.full_res_logits, s.model),
+  official = jax.jit(functools.partial(steps.full_res_logits, task.model),
                      static_argnums=2)(variables, x, (30, 42))
-  tta = jax.jit(functools.partial(inference.model_logits_fn, s.model),
+  tta = jax.jit(functools.partial(inference.model_logits_fn, task.model),
                 static_argnums=2)(variables, x, (30, 42))
   np.testing.assert_array_equal(tta, official)
 
@@ -223,7 +232,7 @@ def _random_weights_workdir(config, workdir):
   """
   variables = tiny.random_variables(models.build(config.model),
                                    bias_std=0.01)
-  checkpointing.save_variables(workdir / train.IMPORTED_DIR, variables)
+  checkpointing.save_variables(workdir / loop.IMPORTED_DIR, variables)
   return workdir
 
 
@@ -231,14 +240,14 @@ def test_multi_scale_flip_evaluation_by_hand(run, tmp_path):
   config, _ = run
   workdir = _random_weights_workdir(config, tmp_path)
   config = _with_eval(config, (0.75, 1.25), True)
-  summary = train.evaluate(config, str(workdir), 'imported')
+  summary = run_lib.evaluate(config, str(workdir), 'imported')
 
   # By hand: at each scale, the mean of the pass and its mirrored pass
   # (logits mirrored back), resized to the label size; the mean over the
   # scales; then the dataset-level confusion matrix of every output.
-  s = train.setup(config, workdir)
-  variables, _ = workflows.restore_variables(config, str(workdir),
-                                            'imported')
+  task = tasks.build(config, workdir)
+  variables, _ = _restore(config, str(workdir), 'imported')
+  eval_source = task.source('test')
 
   @jax.jit
   def logits_fn(x):
@@ -246,24 +255,24 @@ def test_multi_scale_flip_evaluation_by_hand(run, tmp_path):
     for scale in (0.75, 1.25):
       size = inference.scaled_size(x.shape[2:4], scale)
       xs = resize.resize_bilinear(x, size, align_corners=False)
-      plain = _quarter_logits(s.model, variables, xs)
-      mirrored = _quarter_logits(s.model, variables, xs[:, :, :, ::-1])
+      plain = _quarter_logits(task.model, variables, xs)
+      mirrored = _quarter_logits(task.model, variables, xs[:, :, :, ::-1])
       both = (plain + mirrored[:, :, :, ::-1]) / 2
       total = total + resize.resize_bicubic_cv2(both, x.shape[2:4])
     return total / 2
 
   conf = np.zeros((3, 7, 7), np.int64)
   for batch in input_pipeline.eval_loader(
-      s.eval_source, batch_size=4, modalities=config.data.modalities):
+      eval_source, batch_size=4, modalities=config.data.modalities):
     logits = logits_fn(jnp.moveaxis(batch['inputs'], 1, 0))
     for o in range(3):
       conf[o] += np.asarray(metrics.confusion_matrix(
           batch['label'], jnp.argmax(logits[o], -1), 7, valid=batch['valid']))
   assert conf.sum() == 3 * 8 * 32 * 32 - 3 * np.sum(
       [np.sum(b['label'] == 255) for b in input_pipeline.eval_loader(
-          s.eval_source, batch_size=4, modalities=config.data.modalities)])
-  assert summary == train.eval_summary(s, conf)
-  single = train.evaluate(_with_eval(config, (1.0,), False), str(workdir),
+          eval_source, batch_size=4, modalities=config.data.modalities)])
+  assert summary == task.summarize(conf)
+  single = run_lib.evaluate(_with_eval(config, (1.0,), False), str(workdir),
                           'imported')
   # Not vacuous: the model predicts several classes, and the augmentation
   # changes the predictions.

@@ -1,12 +1,12 @@
-"""CEN models and the factory that builds them from ``config.model``."""
+"""The segmentation CEN and the factory that builds it from ``config.model``."""
 
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from cen_jax import exchange
-from cen_jax.models.cen import BN_MODES, CEN, bn2_scales
-from cen_jax.models.resnet import STAGE_SIZES
+from cen_jax.core import exchange
+from cen_jax.tasks.segmentation.models.cen import BN_MODES, CEN, bn2_scales
+from cen_jax.tasks.segmentation.models.resnet import STAGE_SIZES
 
 __all__ = ['BN_MODES', 'CEN', 'STAGE_SIZES', 'bn2_scales', 'build']
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cen_jax.models import layers
+from cen_jax.core import layers
 
 STAGE_SIZES = {
     'tiny': (1, 1, 1, 1),
@@ -40,7 +40,7 @@ class Bottleneck(nn.Module):
     stride: stride of the 3x3 conv (v1.5) and of the downsample conv.
     downsample: whether the residual goes through conv 1x1 + private BN.
     site: the exchange site's name, e.g. ``'layer1.0'``.
-    exchange: ``fn(x, scale, *, site) -> x`` from ``cen_jax.exchange``.
+    exchange: ``fn(x, scale, *, site) -> x`` from ``cen_jax.core.exchange``.
     norm: private BatchNorm factory.
     dtype: computation dtype of the convs.
   """

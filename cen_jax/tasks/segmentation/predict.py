@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 import tqdm
 
-from cen_jax import input_pipeline
+from cen_jax.tasks.segmentation import input_pipeline
 from data import folder
 
 DataError = folder.DataError

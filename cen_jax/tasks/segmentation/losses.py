@@ -3,13 +3,12 @@
 import jax
 import jax.numpy as jnp
 
-from cen_jax import resize
-
-IGNORE_INDEX = 255
+from cen_jax.core import resize
+from data import conventions
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *,
-                  ignore_index: int = IGNORE_INDEX) -> jnp.ndarray:
+                  ignore_index: int = conventions.IGNORE_LABEL) -> jnp.ndarray:
   """Mean cross-entropy over non-ignored pixels, logits upsampled to labels.
 
   The logits are resized bilinearly with ``align_corners=False`` to the
@@ -35,7 +34,7 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *,
 
 
 def segmentation_losses(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray,
-                        *, ignore_index: int = IGNORE_INDEX
+                        *, ignore_index: int = conventions.IGNORE_LABEL
                         ) -> dict[str, jnp.ndarray]:
   """Cross-entropy of every modality output and of the ensemble.
 
@@ -47,7 +46,7 @@ def segmentation_losses(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray,
   Returns:
     ``{'ce_modality': (M,), 'ce_ensemble': (), 'ce_total': ()}`` where
     ``ce_total`` is the sum of all M + 1 terms (the official task loss; the
-    L1 term is added by the optimiser, ``cen_jax.optim``).
+    L1 term is added by the optimiser, ``segmentation.optim``).
   """
   per_modality = jnp.stack([
       cross_entropy(l, labels, ignore_index=ignore_index)

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cen_jax import resize
-from cen_jax.models import layers
+from cen_jax.core import layers
+from cen_jax.core import resize
 
 
 def _conv3x3(features: int, x: jnp.ndarray, name: str, dtype: Any,
