@@ -15,7 +15,7 @@ from cen_jax.training import checkpointing
 from cen_jax.training import loop
 from cen_jax.training import parallel
 from tests import paths
-from tests.test_train import _config
+from tests.test_loop import _config
 
 
 def test_import_torch_then_eval_uses_the_imported_weights(tmp_path):

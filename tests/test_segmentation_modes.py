@@ -31,7 +31,7 @@ from cen_jax.training import checkpointing
 from cen_jax.training import loop
 from tests import paths
 from tests import tiny
-from tests.test_train import _config
+from tests.test_loop import _config
 
 SAMPLES = paths.NYUD_SAMPLES
 NAMES = ('000433', '000464')
