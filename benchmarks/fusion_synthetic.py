@@ -111,7 +111,7 @@ def train_variant(config: ml_collections.ConfigDict,
   variables, _ = loop.restore_variables(task, workdir, 'latest')
   fractions = exchange_analysis.overall_fractions(
       exchange_analysis.exchange_table(models.bn2_scales(variables['params']),
-                                       task.model.exchange.mask_fn))
+                                       task.model.exchange.weights))
   for name, frac in zip(config.data.modalities, fractions):
     summary[f'exchanged/{name}'] = 100 * float(frac)
   return summary, seconds

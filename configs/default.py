@@ -20,11 +20,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 40  # K; must equal the dataset's class count.
   c.model.width = 64  # ResNet stem width / stage-1 planes (64 officially).
   c.model.decoder_features = (512, 256)  # RefineNet widths (official heavy).
-  # Exchange variant (cen_jax/core/exchange.py MASKS): 'bn_threshold' (CEN),
-  # 'none' (no-exchange ablation) or 'random' (random-exchange ablation).
+  # Exchange variant (cen_jax/core/exchange.py RULES): 'bn_threshold' (CEN),
+  # 'none' (no-exchange ablation), 'random' (random-exchange ablation, a
+  # fixed subset), 'random_per_step' (redrawn every step), 'annealed_threshold'
+  # (threshold grows over training), 'soft_threshold' (differentiable mix);
+  # or your own rule by import path, 'my_pkg.my_module:my_rule'
+  # (examples/exchange_rules.py).
   c.model.exchange = 'bn_threshold'
-  # Hyperparameters of the variant: threshold for 'bn_threshold' (official
-  # 2e-2, "slightly better"); ratio and seed for 'random'.
+  # Hyperparameters of the variant, passed to its rule: threshold for
+  # 'bn_threshold' (official 2e-2, "slightly better"); ratio and seed for
+  # the random ones; start and threshold for 'annealed_threshold';
+  # threshold and temperature for 'soft_threshold'.
   c.model.exchange_kwargs = ml_collections.ConfigDict({'threshold': 2e-2})
   # 'frozen': BN normalises with its stored running statistics in training
   # too and never updates them; scale/bias still train (official recipe).

@@ -100,9 +100,20 @@ def test_reported_loss_adds_the_l1_term(tmp_path):
                              6e-4 * 120.0, rtol=1e-5)
 
 
-def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
+@pytest.mark.parametrize('variant', ['bn_threshold', 'random_per_step'])
+def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch,
+                                                   variant):
+  """Also for an exchange that draws a new random subset every step."""
+
+  def config():
+    c = _config(tmp_path)
+    c.model.exchange = variant
+    c.model.exchange_kwargs = {} if variant == 'bn_threshold' else {
+        'ratio': 0.25}
+    return c
+
   straight = tmp_path / 'straight'
-  run.train_and_evaluate(_config(tmp_path), str(straight))
+  run.train_and_evaluate(config(), str(straight))
 
   resumed = tmp_path / 'resumed'
   real_jit = loop.jit_train_step
@@ -120,15 +131,15 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch):
 
   monkeypatch.setattr(loop, 'jit_train_step', crashing_jit)
   with pytest.raises(KeyboardInterrupt):
-    run.train_and_evaluate(_config(tmp_path), str(resumed))
+    run.train_and_evaluate(config(), str(resumed))
   monkeypatch.setattr(loop, 'jit_train_step', real_jit)
   with checkpointing.Checkpointer(resumed) as ckpt:
     assert ckpt.latest_step == 2
-  summary = run.train_and_evaluate(_config(tmp_path), str(resumed))
+  summary = run.train_and_evaluate(config(), str(resumed))
   assert 'eval/ensemble/miou' in summary
 
   def final_params(workdir):
-    task = tasks.build(_config(tmp_path), workdir)
+    task = tasks.build(config(), workdir)
     template = loop.abstract_state(task, task.trainer())
     with checkpointing.Checkpointer(workdir) as ckpt:
       return jax.device_get(ckpt.restore_latest(template).state)

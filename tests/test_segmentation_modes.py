@@ -315,3 +315,43 @@ def test_main_cli_modes(run, tmp_path):
                           check=False, timeout=300)
   assert result.returncode != 0
   assert '--export_size=H,W' in result.stderr
+
+
+def test_a_users_exchange_rule_works_in_every_mode(tmp_path):
+  """examples/exchange_rules.py, selected by import path: train, eval,
+  analyze, export and predict run with it as with the built-ins."""
+  config = _config(tmp_path)
+  config.model.exchange = 'examples.exchange_rules:relative_threshold'
+  # ratio 1: each modality takes the channels where the other's |gamma| is
+  # larger, about half of them once training has moved the scales.
+  config.model.exchange_kwargs = {'ratio': 1.0}
+  config.optim.stage_epochs = (0.5,)  # 2 steps
+  workdir = tmp_path / 'work'
+  summary = run_lib.train_and_evaluate(config, str(workdir))
+  assert 0.0 <= summary['eval/ensemble/miou'] <= 100.0
+  assert run_lib.evaluate(config, str(workdir)) == summary
+  task = tasks.build(config, workdir)
+  assert task.model.exchange.name == config.model.exchange
+  # Analyze counts what the rule exchanges on the trained scales.
+  variables, step = _restore(config, workdir)
+  scales = models.bn2_scales(variables['params'])
+  want = sum(int(np.sum(np.abs(s[0]) < np.abs(s[1])))
+             for s in map(np.asarray, scales.values()))
+  assert want > 0
+  table = run_lib.analyze(config, str(workdir))['table'].read_text()
+  total = sum(s.shape[-1] for s in scales.values())
+  assert f'| all | {total} | {100 * want / total:.1f}% |' in table
+  paths_ = run_lib.export_model(config, str(workdir), str(tmp_path / 'e'),
+                                height=32, width=32, platforms=('cpu',))
+  x = np.random.default_rng(0).normal(size=(2, 1, 32, 32, 3)).astype(
+      np.float32)
+  np.testing.assert_allclose(
+      export.load_export(paths_['export']).call(x),
+      _official_logits(task.model, variables, x), rtol=1e-5, atol=1e-5)
+  src = tmp_path / 'in'
+  for sub in ('rgb', 'depth'):
+    (src / sub).mkdir(parents=True)
+    os.symlink(SAMPLES / sub / '000464.png', src / sub / '000464.png')
+  (written,) = run_lib.predict(config, str(workdir), str(src),
+                               str(tmp_path / 'out'))
+  assert written.mask.exists()

@@ -33,7 +33,8 @@ class ExchangeTable(NamedTuple):
   Attributes:
     sites: the L site names in network order, ``('layer1.0', ...)``.
     channels: ``(L,)`` int, channels C of each site.
-    exchanged: ``(L, M)`` int, channels replaced by the other modalities.
+    exchanged: ``(L, M)`` float64, channels replaced by the other
+      modalities (whole numbers for hard rules; soft rules add up shares).
     fractions: ``(L, M)`` float64, ``exchanged / channels``.
   """
   sites: tuple[str, ...]
@@ -51,19 +52,21 @@ def _modality_names(names: Sequence[str] | None, num: int) -> tuple[str, ...]:
   return tuple(names)
 
 
-def exchange_table(scales: Scales, mask_fn: exchange.MaskFn) -> ExchangeTable:
-  """Counts the channels that ``mask_fn`` exchanges at every site.
+def exchange_table(scales: Scales,
+                   weights_fn: exchange.MaskFn) -> ExchangeTable:
+  """Counts the channels that ``weights_fn`` exchanges at every site.
 
   Args:
     scales: ``{site: (M, C) gamma}`` of every exchange site, in order.
-    mask_fn: the model's ``exchange.mask_fn``.
+    weights_fn: the model's ``exchange.weights`` (or a mask rule); soft
+      rules count the exchanged share of each channel.
 
   Returns:
     The :class:`ExchangeTable`.
   """
   exchanged = np.stack([
-      np.asarray(mask_fn(scale, site=site)).sum(axis=-1)
-      for site, scale in scales.items()]).astype(np.int64)
+      np.asarray(weights_fn(scale, site=site), np.float64).sum(axis=-1)
+      for site, scale in scales.items()])
   channels = np.array([s.shape[-1] for s in scales.values()], np.int64)
   return ExchangeTable(tuple(scales), channels, exchanged,
                        exchanged / channels[:, None])
@@ -202,7 +205,8 @@ def figure_to_png(fig: Figure) -> bytes:
   return buffer.getvalue()
 
 
-def summary_images(scales: Scales, mask_fn: exchange.MaskFn, threshold: float,
+def summary_images(scales: Scales, weights_fn: exchange.MaskFn,
+                   threshold: float,
                    modality_names: Sequence[str] | None = None
                    ) -> dict[str, np.ndarray]:
   """Both plots as uint8 ``(H, W, 3)`` images, keyed for TensorBoard.
@@ -212,14 +216,14 @@ def summary_images(scales: Scales, mask_fn: exchange.MaskFn, threshold: float,
 
   Args:
     scales: ``{site: (M, C) gamma}`` of every exchange site.
-    mask_fn: the model's exchange mask function.
+    weights_fn: the model's ``exchange.weights``.
     threshold: the |gamma| threshold to mark on the histograms.
     modality_names: names in modality order.
 
   Returns:
     ``{'exchange_fractions': image, 'gamma_histograms': image}``.
   """
-  table = exchange_table(scales, mask_fn)
+  table = exchange_table(scales, weights_fn)
   return {
       'exchange_fractions': figure_to_rgb(
           plot_exchange_fractions(table, modality_names)),

@@ -44,7 +44,7 @@ def reset_at(steps: Sequence[int],
 
 def stage_schedule(values: Sequence[float],
                    boundaries: Sequence[int]) -> optax.Schedule:
-  """Constant ``values[i]`` between ``boundaries[i-1]`` and ``boundaries[i]``."""
+  """Constant ``values[i]`` from ``boundaries[i-1]`` to ``boundaries[i]``."""
   if len(values) != len(boundaries) + 1:
     raise ValueError('need one more value than boundaries, got '
                      f'{values} and {boundaries}')

@@ -98,7 +98,7 @@ def analyze(task: Segmentation, workdir: str, output_dir: str | None = None,
   names = task.modalities
   scales = models.bn2_scales(variables['params'])
   variant = task.model.exchange
-  table = exchange_analysis.exchange_table(scales, variant.mask_fn)
+  table = exchange_analysis.exchange_table(scales, variant.weights)
   text = exchange_analysis.format_exchange_table(table, names)
   paths = {'fractions': out / 'exchange_fractions.png',
            'histograms': out / 'gamma_histograms.png',

@@ -45,14 +45,16 @@ def train_step(state: State, batch: dict[str, jnp.ndarray], rng: jax.Array,
                *, model: nn.Module, tx: optax.GradientTransformation,
                l1_coef: float, l1_scope: str,
                lr_fns: dict[str, Callable[[Any], Any]],
-               modality_names: Sequence[str]
+               modality_names: Sequence[str], total_steps: int
                ) -> tuple[State, dict[str, jnp.ndarray]]:
   """One optimiser step on the official loss.
 
   The loss is the sum of the cross-entropies of every modality output and of
   the ensemble; the L1 subgradient on the bn2 scales is added by ``tx``. The
   reported ``loss`` adds ``l1_coef * L1`` so that it equals the official
-  total. The exchanged fractions are those of ``model.exchange``.
+  total. The exchange rule sees the step, ``progress = step /
+  total_steps`` and, if it asks, a key per step and site; the exchanged
+  fractions are ``model.exchange.weights`` under the same context.
 
   Returns:
     The new state and this step's scalars: ``loss``, ``ce_total``,
@@ -62,11 +64,16 @@ def train_step(state: State, batch: dict[str, jnp.ndarray], rng: jax.Array,
   """
   rng = jax.random.fold_in(rng, state['step'])
   x = _modality_major(batch['inputs'])
+  step = state['step']
+  progress = step.astype(jnp.float32) / total_steps
+  # Dropout keeps the step's key itself, as before exchange had a stream.
+  rngs = {'dropout': rng, 'exchange': jax.random.fold_in(rng, 1)}
 
   def loss_fn(params):
     out, mutated = model.apply(
         {'params': params, 'batch_stats': state['batch_stats']}, x,
-        train=True, mutable=['batch_stats'], rngs={'dropout': rng})
+        train=True, step=step, progress=progress, mutable=['batch_stats'],
+        rngs=rngs)
     ce = losses.segmentation_losses(out, batch['label'])
     return ce['ce_total'], (ce, out['alpha'], mutated['batch_stats'])
 
@@ -75,7 +82,8 @@ def train_step(state: State, batch: dict[str, jnp.ndarray], rng: jax.Array,
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   l1 = optim.l1_value(state['params'], l1_scope)
   fractions = exchange.exchange_fractions(
-      models.bn2_scales(state['params']), model.exchange.mask_fn)
+      models.bn2_scales(state['params']), model.exchange.weights,
+      exchange.Context(train=True, step=step, progress=progress))
   new_state = {
       'step': state['step'] + 1,
       'params': optax.apply_updates(state['params'], updates),

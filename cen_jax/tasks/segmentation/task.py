@@ -201,7 +201,8 @@ class Segmentation:
         train_step=functools.partial(
             steps.train_step, model=self.model, tx=tx,
             l1_coef=self._optim.l1_coef, l1_scope=self._optim.l1_scope,
-            lr_fns=lr_fns, modality_names=self.modalities),
+            lr_fns=lr_fns, modality_names=self.modalities,
+            total_steps=total),
         loader=loader)
 
   # Evaluation.
@@ -242,7 +243,7 @@ class Segmentation:
     Only the bn2 scales are read (and copied to the host).
     """
     images = exchange_analysis.summary_images(
-        models.bn2_scales(variables['params']), self.model.exchange.mask_fn,
+        models.bn2_scales(variables['params']), self.model.exchange.weights,
         self.model.exchange.threshold, self.modalities)
     return {f'exchange/{k}': v[None] for k, v in images.items()}
 

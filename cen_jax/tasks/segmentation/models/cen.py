@@ -50,14 +50,19 @@ class CEN(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *,
-               train: bool = False) -> dict[str, jnp.ndarray]:
+  def __call__(self, x: jnp.ndarray, *, train: bool = False,
+               step: Any = None,
+               progress: Any = None) -> dict[str, jnp.ndarray]:
     """Runs the network.
 
     Args:
       x: ``(M, B, H, W, 3)`` float inputs, one slice per modality.
       train: enables dropout and, in ``'batch'`` BN mode, batch statistics
         (then ``batch_stats`` must be mutable).
+      step: the training step, for exchange rules that read it (training
+        only).
+      progress: ``step / total_steps``, likewise. Rules created with
+        ``needs_rng`` also need an ``'exchange'`` rng stream in training.
 
     Returns:
       ``'modality_logits'`` ``(M, B, ceil(H/4), ceil(W/4), K)``,
@@ -70,9 +75,10 @@ class CEN(nn.Module):
     norm = layers.private_norm(
         use_running_average=self.bn_mode == 'frozen' or not train,
         momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype)
+    ctx = exchange_lib.Context(train=train, step=step, progress=progress)
     feats = resnet.ResNetEncoder(
         self.stage_sizes, self.exchange, norm, width=self.width,
-        dtype=self.dtype, name='encoder')(x.astype(self.dtype))
+        dtype=self.dtype, name='encoder')(x.astype(self.dtype), ctx)
     # The decoder is fully shared and BN-free: fold M into the batch.
     feats = [f.reshape((-1,) + f.shape[2:]) for f in feats]
     logits = refinenet.RefineNetDecoder(

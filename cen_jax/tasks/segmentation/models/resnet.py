@@ -6,11 +6,13 @@ stride on the 3x3 conv, a downsample branch in block 0 of every stage, and
 training and evaluation alike (reference §2.2-2.3).
 """
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cen_jax.core import exchange as exchange_lib
 from cen_jax.core import layers
 
 STAGE_SIZES = {
@@ -40,7 +42,7 @@ class Bottleneck(nn.Module):
     stride: stride of the 3x3 conv (v1.5) and of the downsample conv.
     downsample: whether the residual goes through conv 1x1 + private BN.
     site: the exchange site's name, e.g. ``'layer1.0'``.
-    exchange: ``fn(x, scale, *, site) -> x`` from ``cen_jax.core.exchange``.
+    exchange: the ``cen_jax.core.exchange.Exchange`` applied after bn2.
     norm: private BatchNorm factory.
     dtype: computation dtype of the convs.
   """
@@ -48,12 +50,13 @@ class Bottleneck(nn.Module):
   stride: int
   downsample: bool
   site: str
-  exchange: Callable[..., jnp.ndarray]
+  exchange: exchange_lib.Exchange
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray,
+               ctx: exchange_lib.Context | None = None) -> jnp.ndarray:
     cin = x.shape[-1]
     out = self.planes * EXPANSION
     y = layers.conv(self.planes, 1, in_features=cin, dtype=self.dtype,
@@ -64,7 +67,12 @@ class Bottleneck(nn.Module):
     bn2 = self.norm(name='bn2')
     y = bn2(y)
     self.sow('intermediates', 'bn2_out', y)
-    y = self.exchange(y, bn2.variables['params']['scale'], site=self.site)
+    if ctx is not None and ctx.train and self.exchange.needs_rng:
+      # A key per step (the stream's root is the step's) and per site (the
+      # module path).
+      ctx = dataclasses.replace(ctx, rng=self.make_rng('exchange'))
+    y = self.exchange(y, bn2.variables['params']['scale'], site=self.site,
+                      ctx=ctx)
     self.sow('intermediates', 'bn2_exchanged', y)
     y = nn.relu(y)
     y = layers.conv(out, 1, in_features=self.planes, dtype=self.dtype,
@@ -82,20 +90,24 @@ class ResNetEncoder(nn.Module):
 
   Attributes:
     stage_sizes: blocks per stage, e.g. ``(3, 4, 23, 3)`` for ResNet-101.
-    exchange: the exchange function applied after every bn2.
+    exchange: the exchange variant applied after every bn2.
     norm: private BatchNorm factory (decides frozen or batch statistics).
     width: stem width and planes of stage 1 (64 in every official model).
     dtype: computation dtype of the convs.
   """
   stage_sizes: Sequence[int]
-  exchange: Callable[..., jnp.ndarray]
+  exchange: exchange_lib.Exchange
   norm: Callable[..., nn.Module]
   width: int = 64
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
-    """Encodes ``(M, B, H, W, 3)`` into four ``(M, B, h_s, w_s, C_s)``."""
+  def __call__(self, x: jnp.ndarray,
+               ctx: exchange_lib.Context | None = None) -> list[jnp.ndarray]:
+    """Encodes ``(M, B, H, W, 3)`` into four ``(M, B, h_s, w_s, C_s)``.
+
+    ``ctx`` is handed to the exchange at every bn2.
+    """
     x = layers.conv(self.width, 7, in_features=x.shape[-1], stride=2,
                     dtype=self.dtype, name='conv1')(x)
     x = nn.relu(self.norm(name='bn1')(x))
@@ -114,7 +126,7 @@ class ResNetEncoder(nn.Module):
             exchange=self.exchange,
             norm=self.norm,
             dtype=self.dtype,
-            name=module_name(s + 1, i))(x)
+            name=module_name(s + 1, i))(x, ctx)
       self.sow('intermediates', f'l{s + 1}', x)
       features.append(x)
     return features

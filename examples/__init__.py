@@ -1,0 +1,1 @@
+"""Examples of extending cen-jax from outside the library."""
