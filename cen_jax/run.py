@@ -7,8 +7,10 @@ loop (``cen_jax.training.loop``) or to the task's own modes. The loop reads
 reads the rest.
 """
 
+import json
 from typing import Any
 
+from absl import logging
 from etils import epath
 import ml_collections
 
@@ -43,6 +45,77 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return flat
 
 
+# Config fields whose change makes a run's checkpoints (or its data position)
+# mean something else: resuming with a new value is refused.
+INCOMPATIBLE_FIELDS = ('task', 'model.', 'data.name', 'data.modalities',
+                       'data.crop_size', 'data.scale_range',
+                       'data.shorter_side', 'optim.batch_size')
+# ... except these, which change how the same weights are computed with.
+COMPATIBLE_MODEL_FIELDS = ('model.dtype',)
+
+
+def _jsonable(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as ``config.json`` holds it (tuples become lists)."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def _flat(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _has_checkpoints(workdir: epath.Path) -> bool:
+  latest = workdir / 'checkpoints' / 'latest'
+  return latest.exists() and any(p.name.isdigit() for p in latest.iterdir())
+
+
+def check_resumable(config: ml_collections.ConfigDict,
+                    workdir: epath.Path) -> None:
+  """Refuses to resume a run with a config that changes its model or data.
+
+  Fields that are safe to change (learning rates, cadence, eval settings,
+  ...) are allowed and logged; fields the saved config lacks (added by a
+  later version) are ignored.
+
+  Raises:
+    ValueError: ``INCOMPATIBLE_FIELDS`` differ; the message lists them.
+  """
+  saved = workdir / 'config.json'
+  if not (saved.exists() and _has_checkpoints(workdir)):
+    return
+  old, new = _flat(json.loads(saved.read_text())), _flat(_jsonable(config))
+  changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+  bad = [k for k in changed
+         if any(k == f or (f.endswith('.') and k.startswith(f))
+                for f in INCOMPATIBLE_FIELDS)
+         and k not in COMPATIBLE_MODEL_FIELDS]
+  if bad:
+    raise ValueError(
+        f'{workdir} holds a run made with another model or data: '
+        + '; '.join(f'{k}: {old[k]!r} -> {new[k]!r}' for k in bad)
+        + '. Use a new --workdir, or the values of its config.json.')
+  for k in changed:
+    logging.info('Resuming with %s changed: %r -> %r', k, old[k], new[k])
+
+
+def prepare_workdir(workdir: epath.Path) -> None:
+  """Creates ``workdir`` and proves it writable, before any compute."""
+  probe = workdir / '.write_probe'
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(
+        f'workdir {workdir} cannot be written ({type(e).__name__}: {e}); '
+        'nothing was computed') from e
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains and evaluates; resumes from ``workdir`` if it holds a run.
@@ -51,7 +124,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The last evaluation's scalars (empty if no evaluation ran).
   """
   workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  prepare_workdir(workdir)
+  check_resumable(config, workdir)
   checkpointing.write_config_json(workdir, config.to_dict())
   task = tasks.build(config, workdir)
   return loop.train_and_evaluate(task, workdir, loop_settings(config),

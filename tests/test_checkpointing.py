@@ -257,3 +257,53 @@ def test_params_checkpoint_overwrites_only_when_allowed(tmp_path):
   checkpointing.save_variables(path, {'w': np.ones(3, np.float32)})
   np.testing.assert_array_equal(
       checkpointing.load_variables(path)['w'], np.ones(3, np.float32))
+
+
+def _break(step_dir, how):
+  """Truncates the largest array file, or garbles the state metadata."""
+  if how == 'truncated':
+    files = [p for p in step_dir.rglob('*') if p.is_file()]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[:100])
+  else:
+    (step_dir / 'state' / '_METADATA').write_text('{not json')
+
+
+@pytest.mark.parametrize('how', ['truncated', 'corrupt metadata'])
+def test_a_broken_latest_falls_back_to_the_newest_intact_one(tmp_path, how):
+  with checkpointing.Checkpointer(tmp_path, keep_latest=3,
+                                  async_save=False) as ckpt:
+    for step in (2, 4):
+      ckpt.save_latest(step, _state(step, step), {'next_index': step})
+  latest = tmp_path / 'checkpoints' / 'latest'
+  _break(latest / '4', how)
+  with checkpointing.Checkpointer(tmp_path, keep_latest=3) as ckpt:
+    got = ckpt.restore_latest_intact(_template(_state(0, 0)))
+    assert got.step == 2 and got.data_state == {'next_index': 2}
+    _assert_trees_equal(got.state, _state(2, 2))
+    # The broken one is moved aside, not deleted, and no longer latest.
+    assert ckpt.latest_step == 2
+    (moved,) = (tmp_path / 'checkpoints' / 'broken').iterdir()
+    assert moved.name.startswith('latest_4_')
+    # Training on saves step 4 again instead of skipping it as done.
+    assert ckpt.save_latest(4, _state(4, 4))
+
+
+def test_no_readable_checkpoint_stops_with_every_path(tmp_path):
+  with checkpointing.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save_latest(3, _state(3, 3))
+  _break(tmp_path / 'checkpoints' / 'latest' / '3', 'truncated')
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpointing.BrokenCheckpointError,
+                       match=r'latest/3 \(.*moved to .*broken/latest_3_'):
+      ckpt.restore_latest_intact(_template(_state(0, 0)))
+
+
+def test_a_relative_workdir_works(tmp_path, monkeypatch):
+  """``--workdir=runs/x``: orbax itself accepts absolute paths only."""
+  monkeypatch.chdir(tmp_path)
+  with checkpointing.Checkpointer('runs/x') as ckpt:
+    assert ckpt.save_latest(1, _state(1, 1))
+    got = ckpt.restore_latest(_template(_state(0, 0)))
+  _assert_trees_equal(got.state, _state(1, 1))
+  assert (tmp_path / 'runs' / 'x' / 'checkpoints' / 'latest' / '1').is_dir()

@@ -4,6 +4,10 @@ Run on the segmentation task (the tiny model on the built-in dataset).
 """
 
 import functools
+import os
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,7 @@ from cen_jax.training import checkpointing
 from cen_jax.training import loop
 from cen_jax.training import parallel
 from configs import quickstart
+from tests import paths
 
 
 def _config(tmp_path, **train_overrides):
@@ -164,3 +169,68 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     run.train_and_evaluate(_config(tmp_path), str(workdir))
   with checkpointing.Checkpointer(workdir) as ckpt:
     assert ckpt.latest_step == 2
+
+
+@pytest.mark.slow
+def test_preemption_sigterm_saves_at_a_step_boundary_and_resumes(tmp_path):
+  """SIGTERM to a training process mid-run: it saves the step it is at and
+  exits cleanly; the rerun resumes there and ends bit-identical to an
+  uninterrupted run."""
+  (tmp_path / 'preempt_config.py').write_text(
+      'import pathlib\n'
+      'from tests.test_loop import _preemption_config\n'
+      'def get_config():\n'
+      f'  return _preemption_config(pathlib.Path({str(tmp_path)!r}))\n')
+  config = _preemption_config(tmp_path)
+  workdir = tmp_path / 'preempted'
+  child = subprocess.Popen(
+      [sys.executable, 'main.py',
+       f'--config={tmp_path / "preempt_config.py"}', f'--workdir={workdir}'],
+      cwd=paths.REPO, stderr=subprocess.PIPE, text=True, env=_same_jax())
+  log = []
+  for line in child.stderr:  # absl logs to stderr
+    log.append(line)
+    if '] [3] train/' in line:  # mid-run: 3 of 12 steps logged
+      child.send_signal(signal.SIGTERM)
+      break
+  log += child.stderr.readlines()
+  assert child.wait(timeout=300) == 0, ''.join(log[-30:])
+  stopped = [line for line in log if 'Stopped by SIGTERM after step' in line]
+  assert stopped, ''.join(log[-30:])
+  with checkpointing.Checkpointer(workdir) as ckpt:
+    saved = ckpt.latest_step
+  assert 3 <= saved < 12 and f'latest/{saved}' in stopped[0]
+
+  run.train_and_evaluate(config, str(workdir))
+  straight = tmp_path / 'straight'
+  run.train_and_evaluate(config, str(straight))
+  a, b = _final_state(config, straight), _final_state(config, workdir)
+  assert int(a['step']) == int(b['step']) == 12
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def _same_jax() -> dict[str, str]:
+  """Environment for a child that compiles as this test process does (the
+  same devices and XLA options), so their floats agree bit for bit."""
+  names = ('jax_platforms', 'jax_num_cpu_devices',
+           'jax_disable_most_optimizations', 'jax_compilation_cache_dir',
+           'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  values = {n: jax.config.values[n] for n in names}
+  env = {n.upper(): str(v).lower() if isinstance(v, bool) else str(v)
+         for n, v in values.items() if v is not None}
+  return dict(os.environ, PYTHONUNBUFFERED='1', **env)
+
+
+def _preemption_config(tmp_path):
+  c = _config(tmp_path)
+  c.optim.stage_epochs = (3,)  # 12 steps
+  c.train.checkpoint_every_steps = 0  # only at the end
+  return c
+
+
+def _final_state(config, workdir):
+  task = tasks.build(config, workdir)
+  template = loop.abstract_state(task, task.trainer())
+  with checkpointing.Checkpointer(workdir) as ckpt:
+    return jax.device_get(ckpt.restore_latest(template).state)

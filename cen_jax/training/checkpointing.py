@@ -25,15 +25,22 @@ import base64
 import functools
 import json
 import math
+import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 _LATEST = 'latest'
 _BEST = 'best'
+_BROKEN = 'broken'
+
+
+class BrokenCheckpointError(RuntimeError):
+  """No checkpoint of a run can be read; the message names every path."""
 
 
 class Restored(NamedTuple):
@@ -71,6 +78,12 @@ def _save_args(state: Any, data_state: Any) -> ocp.args.Composite:
   return ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=ocp.args.JsonSave(_encode_data_state(data_state)))
+
+
+def _absolute(path: epath.PathLike) -> epath.Path:
+  """Orbax rejects relative paths: ``--workdir=runs/x`` is made absolute."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.resolve()
 
 
 def _metric_value(metrics: Mapping[str, float], name: str) -> float:
@@ -115,7 +128,7 @@ class Checkpointer:
       raise ValueError(f'keep_latest must be >= 1: {keep_latest}.')
     if mode not in ('max', 'min'):
       raise ValueError(f"mode must be 'max' or 'min': {mode!r}.")
-    root = epath.Path(workdir) / 'checkpoints'
+    root = _absolute(workdir) / 'checkpoints'
     self._metric_name = metric_name
     self._mode = mode
     self._latest = _manager(
@@ -140,6 +153,11 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     """Step of the newest ``latest`` checkpoint, or ``None``."""
     return self._latest.latest_step()
+
+  @property
+  def latest_directory(self) -> epath.Path:
+    """Where the rolling checkpoints live (``<step>/`` each)."""
+    return epath.Path(self._latest.directory)
 
   @property
   def best_step(self) -> int | None:
@@ -214,6 +232,46 @@ class Checkpointer:
       ``None`` for a partial restore.
     """
     return self._restore(self._latest, self.latest_step, template, partial)
+
+  def restore_latest_intact(self, template: Any) -> Restored | None:
+    """The newest ``latest`` checkpoint that can be read, for resuming.
+
+    A checkpoint that fails to restore (a truncated or corrupt file) is
+    reported by path and moved aside to ``checkpoints/broken/`` (nothing is
+    deleted), and the next older one is tried; the run then resumes from
+    the newest intact one and overwrites nothing good.
+
+    Returns:
+      ``Restored`` or ``None`` when the run has no checkpoint at all.
+
+    Raises:
+      BrokenCheckpointError: checkpoints exist but none can be read; the
+        message lists them (and where they were moved).
+    """
+    broken = []
+    for step in sorted(self._latest.all_steps(), reverse=True):
+      path = self.latest_directory / str(step)
+      try:
+        return self._restore(self._latest, step, template, partial=False)
+      except Exception as e:  # pylint: disable=broad-except
+        moved = self._move_aside(path)
+        broken.append(f'{path} ({type(e).__name__}: {e}; moved to {moved})')
+        logging.error('Checkpoint %s cannot be read (%s: %s); moved it to %s '
+                      'and trying an older one.', path, type(e).__name__, e,
+                      moved)
+    if broken:
+      raise BrokenCheckpointError(
+          'no checkpoint of this run can be read, so it cannot resume: '
+          + '; '.join(broken))
+    return None
+
+  def _move_aside(self, path: epath.Path) -> epath.Path:
+    target = (path.parent.parent / _BROKEN
+              / f'{path.parent.name}_{path.name}_{int(time.time())}')
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(target)
+    self._latest.reload()
+    return target
 
   def restore_best(self, template: Any, *,
                    partial: bool = False) -> Restored | None:

@@ -9,6 +9,11 @@ writes the task's report. Everything here is task-agnostic: what differs
 between tasks comes through the narrow interface of
 ``cen_jax.training.task``. Shardings are attached here and nowhere else:
 the state and variables are replicated, batches split over ``'data'``.
+
+Nothing is lost: SIGTERM or SIGINT saves the current step's checkpoint at
+the next step boundary and returns (``training.preemption``); a latest
+checkpoint that cannot be read is reported, moved aside and the newest
+intact one resumed (``Checkpointer.restore_latest_intact``).
 """
 
 import dataclasses
@@ -29,6 +34,7 @@ import numpy as np
 from cen_jax.training import cadence
 from cen_jax.training import checkpointing
 from cen_jax.training import parallel
+from cen_jax.training import preemption
 from cen_jax.training import state as state_lib
 from cen_jax.training.task import State, Summary, Task, Trainer, Variables
 
@@ -200,7 +206,7 @@ def _resume(task: Task, trainer: Trainer, ckpt: checkpointing.Checkpointer,
       shard_index=jax.process_index(), shard_count=jax.process_count())
   train_iter = iter(loader)
   rep = parallel.replicated(mesh)
-  restored = ckpt.restore_latest(abstract_state(task, trainer, rep))
+  restored = ckpt.restore_latest_intact(abstract_state(task, trainer, rep))
   if restored is None:
     variables = start_variables(task, workdir, rng, rep)
     return create_state(trainer, mesh, variables), train_iter, 0
@@ -222,6 +228,45 @@ def _run_eval(task: Task, eval_fn, state: State, step: int, mesh, writer,
   if ckpt.save_best(step, state, summary[task.best.key]):
     logging.info('New best %s %.4f at step %d', task.best.key,
                  summary[task.best.key], step)
+  return summary
+
+
+def _train_steps(task: Task, trainer: Trainer, state: State,
+                 train_iter: Iterator, step: int, *, mesh, every, writer,
+                 ckpt: checkpointing.Checkpointer, rng: jax.Array) -> Summary:
+  """Steps from ``step`` to the end, or to a SIGTERM/SIGINT's checkpoint."""
+  train_fn, eval_fn = jit_train_step(trainer, mesh), jit_eval_step(task, mesh)
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=trainer.total_steps, writer=writer,
+      every_steps=every.log_every)
+  window, pending, summary = [], [], {}
+  with preemption.Preemption() as stop:
+    while step < trainer.total_steps:
+      batch = parallel.global_batch(next(train_iter), mesh)
+      state, step_metrics = train_fn(state, batch, rng)
+      step += 1
+      window.append(step_metrics)
+      pending.append((step, step_metrics.loss.total))
+      progress(step)
+      if every.log(step):
+        _check_finite(pending)
+        writer.write_scalars(step, _train_scalars(window))
+        window = []
+      if every.eval(step):
+        _check_finite(pending)
+        summary = _run_eval(task, eval_fn, state, step, mesh, writer, ckpt)
+      if every.checkpoint(step):
+        _check_finite(pending)
+        ckpt.save_latest(step, state, train_iter.get_state())
+      if stop.reached(step):
+        _check_finite(pending)
+        ckpt.save_latest(step, state, train_iter.get_state())
+        ckpt.wait_until_finished()
+        logging.warning(
+            'Stopped by %s after step %d of %d; its checkpoint is in %s. '
+            'Run the same command again to resume.', stop.signal_name, step,
+            trainer.total_steps, ckpt.latest_directory / str(step))
+        break
   return summary
 
 
@@ -253,7 +298,6 @@ def train_and_evaluate(task: Task, workdir: epath.PathLike,
       cadence.epochs_to_steps(settings.eval_every_epochs,
                               trainer.steps_per_epoch),
       settings.checkpoint_every_steps)
-  summary = {}
   with checkpointer(task, workdir, settings.keep_checkpoints) as ckpt:
     state, train_iter, step = _resume(task, trainer, ckpt, workdir,
                                       init_rng, mesh, settings.seed)
@@ -261,29 +305,9 @@ def train_and_evaluate(task: Task, workdir: epath.PathLike,
       parameter_overview.log_parameter_overview(
           state_lib.subtree(state, abstract_variables(task)))
       writer.write_hparams(hparams or {})
-    train_fn, eval_fn = jit_train_step(trainer, mesh), jit_eval_step(task,
-                                                                      mesh)
-    progress = periodic_actions.ReportProgress(
-        num_train_steps=trainer.total_steps, writer=writer,
-        every_steps=settings.log_every_steps)
-    window, pending = [], []
-    while step < trainer.total_steps:
-      batch = parallel.global_batch(next(train_iter), mesh)
-      state, step_metrics = train_fn(state, batch, dropout_rng)
-      step += 1
-      window.append(step_metrics)
-      pending.append((step, step_metrics.loss.total))
-      progress(step)
-      if every.log(step):
-        _check_finite(pending)
-        writer.write_scalars(step, _train_scalars(window))
-        window = []
-      if every.eval(step):
-        _check_finite(pending)
-        summary = _run_eval(task, eval_fn, state, step, mesh, writer, ckpt)
-      if every.checkpoint(step):
-        _check_finite(pending)
-        ckpt.save_latest(step, state, train_iter.get_state())
+    summary = _train_steps(task, trainer, state, train_iter, step,
+                           mesh=mesh, every=every, writer=writer, ckpt=ckpt,
+                           rng=dropout_rng)
     writer.flush()
   return summary
 
