@@ -45,12 +45,15 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return flat
 
 
-# Config fields whose change makes a run's checkpoints (or its data position)
-# mean something else: resuming with a new value is refused.
-INCOMPATIBLE_FIELDS = ('task', 'model.', 'data.name', 'data.modalities',
-                       'data.crop_size', 'data.scale_range',
-                       'data.shorter_side', 'optim.batch_size')
-# ... except these, which change how the same weights are computed with.
+# Config fields that define the model a checkpoint holds: using its
+# weights with other values is refused (eval, predict, analyze, export).
+MODEL_FIELDS = ('task', 'model.', 'data.modalities')
+# ... and, for resuming training, those that define the data position too.
+TRAINING_FIELDS = MODEL_FIELDS + ('data.name', 'data.crop_size',
+                                  'data.scale_range', 'data.shorter_side',
+                                  'optim.batch_size')
+# Model fields that change how the same weights are computed with, not what
+# they mean.
 COMPATIBLE_MODEL_FIELDS = ('model.dtype',)
 
 
@@ -74,16 +77,19 @@ def _has_checkpoints(workdir: epath.Path) -> bool:
   return latest.exists() and any(p.name.isdigit() for p in latest.iterdir())
 
 
-def check_resumable(config: ml_collections.ConfigDict,
-                    workdir: epath.Path) -> None:
-  """Refuses to resume a run with a config that changes its model or data.
+def check_same_run(config: ml_collections.ConfigDict, workdir: epath.Path,
+                   fields: tuple[str, ...] = TRAINING_FIELDS) -> None:
+  """Refuses a config that changes what a workdir's checkpoints mean.
 
-  Fields that are safe to change (learning rates, cadence, eval settings,
-  ...) are allowed and logged; fields the saved config lacks (added by a
-  later version) are ignored.
+  Compares ``config`` with the workdir's ``config.json`` when the workdir
+  holds checkpoints. ``fields`` (dotted names; a trailing dot covers a
+  whole section) must be equal; other changes (learning rates, cadence,
+  eval settings, ...) are allowed and logged; fields the saved config lacks
+  (added by a later version) are ignored.
 
   Raises:
-    ValueError: ``INCOMPATIBLE_FIELDS`` differ; the message lists them.
+    ValueError: some of ``fields`` differ; the message lists each with its
+      saved and new value.
   """
   saved = workdir / 'config.json'
   if not (saved.exists() and _has_checkpoints(workdir)):
@@ -92,15 +98,16 @@ def check_resumable(config: ml_collections.ConfigDict,
   changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
   bad = [k for k in changed
          if any(k == f or (f.endswith('.') and k.startswith(f))
-                for f in INCOMPATIBLE_FIELDS)
+                for f in fields)
          and k not in COMPATIBLE_MODEL_FIELDS]
   if bad:
     raise ValueError(
         f'{workdir} holds a run made with another model or data: '
         + '; '.join(f'{k}: {old[k]!r} -> {new[k]!r}' for k in bad)
-        + '. Use a new --workdir, or the values of its config.json.')
+        + f'. Use a new --workdir, or the values of {saved}.')
   for k in changed:
-    logging.info('Resuming with %s changed: %r -> %r', k, old[k], new[k])
+    logging.info('%s: %s differs from the run (%r -> %r)', workdir, k,
+                 old[k], new[k])
 
 
 def prepare_workdir(workdir: epath.Path) -> None:
@@ -125,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   workdir = epath.Path(workdir)
   prepare_workdir(workdir)
-  check_resumable(config, workdir)
+  check_same_run(config, workdir)
   checkpointing.write_config_json(workdir, config.to_dict())
   task = tasks.build(config, workdir)
   return loop.train_and_evaluate(task, workdir, loop_settings(config),
@@ -136,6 +143,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              checkpoint: str = 'best') -> dict[str, float]:
   """Evaluates a checkpoint of ``workdir``; needs only the eval split."""
   loop.check_checkpoint_name(checkpoint)
+  check_same_run(config, epath.Path(workdir), MODEL_FIELDS)
   return loop.evaluate(tasks.build(config, workdir), workdir, checkpoint)
 
 
@@ -151,6 +159,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, source: str,
             output_dir: str, **options: Any) -> Any:
   """The task's predictions for the inputs in ``source``."""
   loop.check_checkpoint_name(options.get('checkpoint', 'best'))
+  check_same_run(config, epath.Path(workdir), MODEL_FIELDS)
   entry = tasks.entry(config)
   return entry.modes.predict(entry.build(config, workdir), workdir, source,
                              output_dir, **options)
@@ -160,6 +169,7 @@ def analyze(config: ml_collections.ConfigDict, workdir: str,
             output_dir: str | None = None, **options: Any) -> Any:
   """The task's analysis of what a checkpoint exchanges."""
   loop.check_checkpoint_name(options.get('checkpoint', 'best'))
+  check_same_run(config, epath.Path(workdir), MODEL_FIELDS)
   entry = tasks.entry(config)
   return entry.modes.analyze(entry.build(config, workdir), workdir,
                              output_dir, **options)
@@ -169,6 +179,7 @@ def export_model(config: ml_collections.ConfigDict, workdir: str,
                  output_dir: str, **options: Any) -> Any:
   """The task's deployable artifacts of a checkpoint."""
   loop.check_checkpoint_name(options.get('checkpoint', 'best'))
+  check_same_run(config, epath.Path(workdir), MODEL_FIELDS)
   entry = tasks.entry(config)
   return entry.modes.export_model(entry.build(config, workdir), workdir,
                                   output_dir, **options)

@@ -307,3 +307,15 @@ def test_a_relative_workdir_works(tmp_path, monkeypatch):
     got = ckpt.restore_latest(_template(_state(0, 0)))
   _assert_trees_equal(got.state, _state(1, 1))
   assert (tmp_path / 'runs' / 'x' / 'checkpoints' / 'latest' / '1').is_dir()
+
+
+def test_a_checkpoint_of_another_model_is_reported_not_moved(tmp_path):
+  with checkpointing.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save_latest(2, _state(2, 2))
+  other = _template(_state(0, 0))
+  other['params']['clf']['bias'] = jnp.zeros((7,))  # 5 classes were saved
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(ValueError, match=r'latest/2 does not fit the model'):
+      ckpt.restore_latest_intact(other)
+    assert ckpt.latest_step == 2
+  assert not (tmp_path / 'checkpoints' / 'broken').exists()

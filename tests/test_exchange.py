@@ -218,3 +218,18 @@ def test_the_model_draws_a_key_per_step_and_site_in_training_only():
   np.testing.assert_array_equal(
       exchanged(train=False)[1],
       state['intermediates']['encoder']['layer2_0']['bn2_exchanged'][0])
+
+
+def test_the_example_rules_by_hand():
+  """examples/exchange_rules.py, as the README shows it."""
+  relative = exchange.get('examples.exchange_rules:relative_threshold',
+                          ratio=0.1)
+  scale = jnp.array([[0.01, 1.0, 0.5], [1.0, 0.05, 0.04]])
+  # rgb c0: 0.01 < 0.1 * 1.0; depth c1: 0.05 < 0.1; depth c2: 0.04 < 0.05.
+  np.testing.assert_array_equal(relative.weights(scale, site='s'),
+                                [[1, 0, 0], [0, 1, 1]])
+  soft = exchange.get('examples.exchange_rules:gamma_softmax',
+                      temperature=0.05)
+  w = soft.weights(jnp.array([[0.0, 1.0], [1.0, 1.0]]), site='s')
+  # Equal scales share half and half; |gamma| 0 against 1 gives all away.
+  np.testing.assert_allclose(w, [[1.0, 0.5], [0.0, 0.5]], atol=1e-8)

@@ -69,3 +69,18 @@ def test_unknown_config_file_is_named_in_the_error(tmp_path):
       text=True, check=False, timeout=120)
   assert result.returncode != 0
   assert 'configs/no_such_config.py' in result.stderr
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--mode=fit'], 'flag --mode=fit: value should be one of'),
+    (['--mode=import_torch'], '--mode=import_torch needs --torch_checkpoint'),
+    (['--mode=predict', '--input=x'], '--mode=predict needs --input and '
+     '--output'),
+])
+def test_bad_command_lines_say_what_is_wrong(tmp_path, args, message):
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/quickstart.py',
+       f'--workdir={tmp_path}'] + args, cwd=paths.REPO, capture_output=True,
+      text=True, check=False, timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr

@@ -25,7 +25,7 @@ def test_resuming_with_another_model_or_data_lists_the_fields(tmp_path):
   changed.data.modalities = ('rgb', 'hha')
   changed.optim.encoder_lrs = (0.01,)  # safe: allowed
   with pytest.raises(ValueError) as e:
-    run.check_resumable(changed, workdir)
+    run.check_same_run(changed, workdir)
   message = str(e.value)
   assert "data.modalities: ['rgb', 'depth'] -> ['rgb', 'hha']" in message
   assert 'model.width: 16 -> 32' in message
@@ -35,9 +35,9 @@ def test_resuming_with_another_model_or_data_lists_the_fields(tmp_path):
   safe.optim.encoder_lrs = (0.01,)
   safe.train.eval_every_epochs = 1
   safe.model.dtype = 'bfloat16'
-  run.check_resumable(safe, workdir)
+  run.check_same_run(safe, workdir)
   (workdir / 'checkpoints' / 'latest' / '100').rmdir()
-  run.check_resumable(changed, workdir)
+  run.check_same_run(changed, workdir)
 
 
 def test_an_unwritable_workdir_fails_before_any_compute(tmp_path):
@@ -45,3 +45,23 @@ def test_an_unwritable_workdir_fails_before_any_compute(tmp_path):
   blocker.write_text('not a directory')
   with pytest.raises(PermissionError, match=r'a_file/run cannot be written'):
     run.train_and_evaluate(quickstart.get_config(), str(blocker / 'run'))
+
+
+def test_using_a_checkpoint_with_another_model_names_the_fields(tmp_path):
+  """eval, predict, analyze and export refuse another model's weights, but
+  not other data or training settings."""
+  config = quickstart.get_config()
+  workdir = _workdir_with_a_run(tmp_path, config)
+  other = config.copy_and_resolve_references()
+  other.model.num_classes = 40
+  for mode in (lambda c: run.evaluate(c, str(workdir)),
+               lambda c: run.predict(c, str(workdir), 'in', 'out'),
+               lambda c: run.analyze(c, str(workdir)),
+               lambda c: run.export_model(c, str(workdir), 'out', height=8,
+                                          width=8)):
+    with pytest.raises(ValueError, match=r'model.num_classes: 7 -> 40'):
+      mode(other)
+  inference_only = config.copy_and_resolve_references()
+  inference_only.data.crop_size = 500
+  inference_only.optim.batch_size = 64
+  run.check_same_run(inference_only, workdir, run.MODEL_FIELDS)

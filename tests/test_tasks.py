@@ -9,6 +9,7 @@ import pytest
 from cen_jax import tasks
 from cen_jax.training import loop
 from configs import default
+from configs import quickstart
 from tests import paths
 
 CONFIGS = sorted(p.stem for p in (paths.REPO / 'configs').glob('*.py')
@@ -76,3 +77,14 @@ def test_lower_layers_never_import_higher_ones(package, forbidden):
                if any(name == f or name.startswith(f + '.')
                       for f in forbidden))
   assert not bad, f'{package} imports {bad}'
+
+
+def test_num_classes_other_than_the_datasets_is_named(tmp_path):
+  config = quickstart.get_config()
+  config.data.name = 'synthetic_rgbd/tiny'
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.model.num_classes = 40
+  task = tasks.build(config, tmp_path)
+  with pytest.raises(ValueError, match=r"num_classes = 40 but dataset "
+                     r"'synthetic_rgbd/tiny' has 7 classes"):
+    task.trainer()

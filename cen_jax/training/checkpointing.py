@@ -86,6 +86,13 @@ def _absolute(path: epath.PathLike) -> epath.Path:
   return path if path.is_absolute() else path.resolve()
 
 
+def _is_mismatch(error: Exception) -> bool:
+  """Whether a restore failed on the template, not on the files."""
+  text = str(error)
+  return isinstance(error, ValueError) and (
+      'stored shape' in text or 'tree structure' in text)
+
+
 def _metric_value(metrics: Mapping[str, float], name: str) -> float:
   return metrics[name]
 
@@ -254,6 +261,9 @@ class Checkpointer:
       try:
         return self._restore(self._latest, step, template, partial=False)
       except Exception as e:  # pylint: disable=broad-except
+        if _is_mismatch(e):  # Intact, but of another model: keep it.
+          raise ValueError(f'{path} does not fit the model being trained '
+                           f'({e})') from e
         moved = self._move_aside(path)
         broken.append(f'{path} ({type(e).__name__}: {e}; moved to {moved})')
         logging.error('Checkpoint %s cannot be read (%s: %s); moved it to %s '

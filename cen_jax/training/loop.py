@@ -350,16 +350,12 @@ def restore_variables(task: Task, workdir: epath.PathLike,
                                         variables), 0
   template = {'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding),
               **variables}
-  with checkpointer(task, workdir) as ckpt:
-    if which == 'best':
-      restored = (ckpt.restore_best(template, partial=True)
-                  or ckpt.restore_latest(template, partial=True))
-    elif which == 'latest':
-      restored = ckpt.restore_latest(template, partial=True)
-    else:  # A step of the rolling checkpoints, or the best one.
-      step = int(which)
-      restored = ckpt.restore(step, template, best=step == ckpt.best_step,
-                              partial=True)
+  try:
+    restored = _restore_partial(task, workdir, which, template)
+  except ValueError as e:
+    raise ValueError(
+        f'{workdir}: its {which} checkpoint does not fit the model this '
+        f'config builds ({e})') from e
   if restored is None:
     if (workdir / IMPORTED_DIR).exists():
       return restore_variables(task, workdir, 'imported', sharding=sharding)
@@ -368,6 +364,19 @@ def restore_variables(task: Task, workdir: epath.PathLike,
         '--mode=import_torch)')
   logging.info('Restored the checkpoint of step %d', restored.step)
   return ({k: restored.state[k] for k in variables}, int(restored.step))
+
+
+def _restore_partial(task: Task, workdir: epath.Path, which: str,
+                     template: Any) -> checkpointing.Restored | None:
+  with checkpointer(task, workdir) as ckpt:
+    if which == 'best':
+      return (ckpt.restore_best(template, partial=True)
+              or ckpt.restore_latest(template, partial=True))
+    if which == 'latest':
+      return ckpt.restore_latest(template, partial=True)
+    step = int(which)  # A step of the rolling checkpoints, or the best one.
+    return ckpt.restore(step, template, best=step == ckpt.best_step,
+                        partial=True)
 
 
 def evaluate(task: Task, workdir: epath.PathLike, checkpoint: str = 'best',
