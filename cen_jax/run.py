@@ -12,6 +12,7 @@ from typing import Any
 
 from absl import logging
 from etils import epath
+import jax
 import ml_collections
 
 from cen_jax import tasks
@@ -112,7 +113,8 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: epath.Path,
 
 def prepare_workdir(workdir: epath.Path) -> None:
   """Creates ``workdir`` and proves it writable, before any compute."""
-  probe = workdir / '.write_probe'
+  # One probe per process: the hosts of a pod share the workdir.
+  probe = workdir / f'.write_probe_{jax.process_index()}'
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe.write_text('ok')

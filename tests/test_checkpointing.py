@@ -98,6 +98,45 @@ def test_grain_iterator_resumes_where_it_stopped(tmp_path):
     np.testing.assert_array_equal(next(resumed), want)
 
 
+def test_iterator_saved_per_process_resumes_where_it_stopped(tmp_path):
+  """grain's own handler: this process's position, taken at the save even
+  though the save finishes in the background while the iterator moves on."""
+  dataset = grain.MapDataset.range(20).shuffle(seed=3).batch(2)
+  iterator = iter(dataset.to_iter_dataset())
+  for _ in range(3):
+    next(iterator)
+  state = {'x': jnp.ones(2)}
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(3, state, iterator)
+    expected = [next(iterator) for _ in range(2)]
+  step_dir = tmp_path / 'checkpoints' / 'latest' / '3'
+  assert [p.name for p in (step_dir / 'iterator').iterdir()
+          if p.name.startswith('process_')] == ['process_0-of-1.json']
+  resumed = iter(dataset.to_iter_dataset())
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    got = ckpt.restore_latest(_template(state), iterator=resumed)
+  assert got.step == 3 and got.data_state is None
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed), want)
+
+
+def test_data_positions_of_another_process_count_are_refused(tmp_path):
+  dataset = grain.MapDataset.range(20).batch(2)
+  iterator = iter(dataset.to_iter_dataset())
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(1, {'x': jnp.ones(2)}, iterator)
+  positions = tmp_path / 'checkpoints' / 'latest' / '1' / 'iterator'
+  (positions / 'process_0-of-1.json').rename(
+      positions / 'process_0-of-2.json')
+  (positions / 'process_1-of-2.json').write_text('{}')
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpointing.DataPositionError,
+                       match=r"process_0-of-2.json', 'process_1-of-2.json'\]"
+                       r".*this run has 1 and would need process_0-of-1"):
+      ckpt.restore_latest_intact({'x': jnp.zeros(2)}, iterator=iterator)
+    assert ckpt.latest_step == 1  # not mistaken for a broken checkpoint
+
+
 def test_latest_keeps_the_newest_and_restores_a_given_step(tmp_path):
   with checkpointing.Checkpointer(tmp_path, keep_latest=2) as ckpt:
     for step in (1, 2, 3):
@@ -319,3 +358,28 @@ def test_a_checkpoint_of_another_model_is_reported_not_moved(tmp_path):
       ckpt.restore_latest_intact(other)
     assert ckpt.latest_step == 2
   assert not (tmp_path / 'checkpoints' / 'broken').exists()
+
+
+def _loader(seed):
+  sampler = grain.samplers.IndexSampler(
+      num_records=10, shard_options=grain.sharding.NoSharding(),
+      shuffle=True, num_epochs=1, seed=seed)
+  return grain.DataLoader(data_source=list(range(10)), sampler=sampler,
+                          worker_count=0)
+
+
+def test_data_position_of_another_sampler_is_refused(tmp_path):
+  """Another seed, dataset or sharding would repeat data: refused."""
+  iterator = iter(_loader(seed=1))
+  next(iterator)
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(1, {'x': jnp.ones(2)}, iterator)
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpointing.DataPositionError,
+                       match=r'process_0-of-1\.json: the data loading '
+                       r'changed.*Sampler'):
+      ckpt.restore_latest_intact({'x': jnp.zeros(2)},
+                                 iterator=iter(_loader(seed=2)))
+    resumed = iter(_loader(seed=1))
+    ckpt.restore_latest_intact({'x': jnp.zeros(2)}, iterator=resumed)
+  assert list(resumed) == list(_loader(seed=1))[1:]

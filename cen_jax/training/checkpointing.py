@@ -3,22 +3,22 @@
 Layout under the workdir::
 
   workdir/config.json
-  workdir/checkpoints/latest/<step>/{state,data}   rolling, for resume
-  workdir/checkpoints/best/<step>/{state,data,metrics}
-                                                   the best eval metric
+  workdir/checkpoints/latest/<step>/{state,iterator}   rolling, for resume
+  workdir/checkpoints/best/<step>/{state,metrics}      the best eval metric
+  workdir/checkpoints/broken/                          unreadable ones
 
 Each step directory holds ``state``, a plain dict pytree (``params``,
 ``batch_stats``, ``opt_state``, ``step``, ...) saved with
-``StandardSave``, and ``data``, the input iterator's state saved with
-``JsonSave`` (wrapped so that grain's ``DatasetIterator`` dict and
-``DataLoaderIterator`` bytes both round-trip). Orbax writes each step to a
-``<step>.orbax-checkpoint-tmp*`` directory and renames it once complete, so a
-process killed mid-save leaves the previous step intact; the leftover
-temporary directory is deleted when the next :class:`Checkpointer` opens.
-
-The data state is written by the primary process only: with several
-processes, each holding its own iterator state, use grain's per-process
-``grain.checkpoint.CheckpointHandler`` instead.
+``StandardSave``, and ``iterator``, the grain data iterator's position,
+saved by grain's own Orbax handler (``grain.checkpoint``): every process
+writes its own ``process_<i>-of-<n>.json``, so each host of a pod resumes
+its own shard of the data. A plain iterator state (a JSON-able dict or
+bytes) can be saved instead, as ``data`` with ``JsonSave``; checkpoints
+written before the per-process handler hold that, and still resume on one
+process. Orbax writes each step to a ``<step>.orbax-checkpoint-tmp*``
+directory and renames it once complete, so a process killed mid-save leaves
+the previous step intact; the leftover temporary directory is deleted when
+the next :class:`Checkpointer` opens.
 """
 
 import base64
@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from absl import logging
+import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -74,10 +75,73 @@ def _decode_data_state(stored: Mapping[str, Any]) -> Any:
   return stored.get('value')
 
 
-def _save_args(state: Any, data_state: Any) -> ocp.args.Composite:
+_ITERATOR = 'iterator'
+_DATA = 'data'
+
+
+def _is_iterator(data: Any) -> bool:
+  return hasattr(data, 'get_state') and hasattr(data, 'set_state')
+
+
+def _save_args(state: Any, data: Any) -> ocp.args.Composite:
+  """``state``, and ``data``: a grain iterator or a plain iterator state."""
+  if _is_iterator(data):
+    return ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        **{_ITERATOR: grain.checkpoint.CheckpointSave(data)})
   return ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(_encode_data_state(data_state)))
+      **{_DATA: ocp.args.JsonSave(_encode_data_state(data))})
+
+
+class DataPositionError(ValueError):
+  """A checkpoint's data position does not fit this run's data loading."""
+
+
+def _set_legacy_state(path: epath.Path, iterator: Any,
+                      data_state: Any) -> None:
+  """A position saved as one JSON state (one process), as older runs did."""
+  if jax.process_count() > 1:
+    raise DataPositionError(
+        f'{path} holds one process\'s data position (a checkpoint of a '
+        f'single-process run); this run has {jax.process_count()} processes')
+  try:
+    iterator.set_state(data_state)
+  except ValueError as e:
+    raise DataPositionError(
+        f'{path}: the data loading changed since this checkpoint (dataset, '
+        f'sharding, batch size or seed), so its position does not apply '
+        f'({e})') from e
+
+
+def _process_files(directory: epath.Path) -> list[str]:
+  return sorted(p.name for p in directory.iterdir()
+                if p.name.startswith('process_'))
+
+
+def _restore_iterator(directory: epath.Path, iterator: Any) -> None:
+  """Sets ``iterator`` to the position this process saved in ``directory``.
+
+  Raises:
+    DataPositionError: the checkpoint was written by another number of
+      processes, or with another sampler (dataset, sharding, batch, seed);
+      resuming would repeat or skip data, so it is refused.
+  """
+  want = (f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+  files = _process_files(directory)
+  if want not in files:
+    raise DataPositionError(
+        f'{directory} holds the data positions {files}, written by another '
+        f'number of processes; this run has {jax.process_count()} and would '
+        f'need {want}. Resume with the process count of the checkpoint.')
+  try:
+    grain.checkpoint.CheckpointHandler().restore(
+        directory, args=grain.checkpoint.CheckpointRestore(iterator))
+  except ValueError as e:
+    raise DataPositionError(
+        f'{directory / want}: the data loading changed since this '
+        f'checkpoint (dataset, sharding, batch size or seed), so its '
+        f'position does not apply ({e})') from e
 
 
 def _absolute(path: epath.PathLike) -> epath.Path:
@@ -89,8 +153,9 @@ def _absolute(path: epath.PathLike) -> epath.Path:
 def _is_mismatch(error: Exception) -> bool:
   """Whether a restore failed on the template, not on the files."""
   text = str(error)
-  return isinstance(error, ValueError) and (
-      'stored shape' in text or 'tree structure' in text)
+  return isinstance(error, ValueError) and any(
+      clue in text for clue in ('stored shape', 'tree structure',
+                                'Topology mismatch', 'available devices'))
 
 
 def _metric_value(metrics: Mapping[str, float], name: str) -> float:
@@ -107,6 +172,10 @@ def _manager(directory: epath.Path, preservation_policy: Any,
       # Leftovers of a save killed before its rename are never restorable.
       cleanup_tmp_directories=True,
       enable_async_checkpointing=async_save,
+      # 'latest' and 'best' may save the same step at once; with several
+      # processes their cross-process barriers, keyed by step, must differ.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=epath.Path(directory).name),
   )
   return ocp.CheckpointManager(directory, options=options)
 
@@ -177,12 +246,14 @@ class Checkpointer:
     return self._best_value
 
   def save_latest(self, step: int, state: Any, data_state: Any = None) -> bool:
-    """Saves ``state`` and the iterator state as the newest ``latest`` step.
+    """Saves ``state`` and the data position as the newest ``latest`` step.
 
     Args:
       step: the number of completed updates.
       state: plain dict pytree of arrays and scalars.
-      data_state: the iterator's ``get_state()`` (JSON-able dict or bytes).
+      data_state: the grain iterator itself (each process saves its own
+        position), or a plain state (``get_state()``: a JSON-able dict or
+        bytes, saved by the primary process).
 
     Returns:
       ``False`` (and saves nothing) if ``step`` is already saved.
@@ -223,8 +294,8 @@ class Checkpointer:
       self._best_value = metric
     return saved
 
-  def restore_latest(self, template: Any, *,
-                     partial: bool = False) -> Restored | None:
+  def restore_latest(self, template: Any, *, partial: bool = False,
+                     iterator: Any = None) -> Restored | None:
     """Restores the newest ``latest`` checkpoint, or ``None`` if none exists.
 
     Args:
@@ -233,14 +304,22 @@ class Checkpointer:
         Python scalars) give the shapes, dtypes and shardings to restore to.
       partial: ``template`` is a sub-tree of the saved state (e.g. the
         weights without the optimiser state): read only what it names.
+      iterator: a grain iterator to set to the saved data position (this
+        process's own).
 
     Returns:
       ``Restored(state, data_state, step)`` or ``None``; ``data_state`` is
-      ``None`` for a partial restore.
-    """
-    return self._restore(self._latest, self.latest_step, template, partial)
+      the plain state saved with JSON, if any (``None`` for a partial
+      restore and for iterators saved per process).
 
-  def restore_latest_intact(self, template: Any) -> Restored | None:
+    Raises:
+      DataPositionError: the saved position does not fit ``iterator``.
+    """
+    return self._restore(self._latest, self.latest_step, template, partial,
+                         iterator)
+
+  def restore_latest_intact(self, template: Any,
+                            iterator: Any = None) -> Restored | None:
     """The newest ``latest`` checkpoint that can be read, for resuming.
 
     A checkpoint that fails to restore (a truncated or corrupt file) is
@@ -259,7 +338,10 @@ class Checkpointer:
     for step in sorted(self._latest.all_steps(), reverse=True):
       path = self.latest_directory / str(step)
       try:
-        return self._restore(self._latest, step, template, partial=False)
+        return self._restore(self._latest, step, template, partial=False,
+                             iterator=iterator)
+      except DataPositionError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         if _is_mismatch(e):  # Intact, but of another model: keep it.
           raise ValueError(f'{path} does not fit the model being trained '
@@ -302,7 +384,8 @@ class Checkpointer:
     return self._restore(manager, step, template, partial)
 
   def _restore(self, manager: ocp.CheckpointManager, step: int | None,
-               template: Any, partial: bool) -> Restored | None:
+               template: Any, partial: bool,
+               iterator: Any = None) -> Restored | None:
     if step is None:
       return None
     # An async save of this very step may still be in flight.
@@ -315,10 +398,19 @@ class Checkpointer:
                   template),
               partial_restore=True)))
       return Restored(restored.state, None, step)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(template),
-        data=ocp.args.JsonRestore()))
-    return Restored(restored.state, _decode_data_state(restored.data), step)
+    step_dir = epath.Path(manager.directory) / str(step)
+    items = {'state': ocp.args.StandardRestore(template)}
+    if (step_dir / _DATA).exists():
+      items[_DATA] = ocp.args.JsonRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    data_state = (_decode_data_state(restored[_DATA]) if _DATA in items
+                  else None)
+    if iterator is not None:
+      if (step_dir / _ITERATOR).exists():
+        _restore_iterator(step_dir / _ITERATOR, iterator)
+      elif data_state is not None:
+        _set_legacy_state(step_dir / _DATA, iterator, data_state)
+    return Restored(restored.state, data_state, step)
 
   def wait_until_finished(self) -> None:
     """Blocks until every pending save is on disk."""

@@ -206,13 +206,12 @@ def _resume(task: Task, trainer: Trainer, ckpt: checkpointing.Checkpointer,
       shard_index=jax.process_index(), shard_count=jax.process_count())
   train_iter = iter(loader)
   rep = parallel.replicated(mesh)
-  restored = ckpt.restore_latest_intact(abstract_state(task, trainer, rep))
+  restored = ckpt.restore_latest_intact(abstract_state(task, trainer, rep),
+                                       iterator=train_iter)
   if restored is None:
     variables = start_variables(task, workdir, rng, rep)
     return create_state(trainer, mesh, variables), train_iter, 0
   logging.info('Resuming from step %d', restored.step)
-  if restored.data_state is not None:
-    train_iter.set_state(restored.data_state)
   return restored.state, train_iter, restored.step
 
 
@@ -257,10 +256,10 @@ def _train_steps(task: Task, trainer: Trainer, state: State,
         summary = _run_eval(task, eval_fn, state, step, mesh, writer, ckpt)
       if every.checkpoint(step):
         _check_finite(pending)
-        ckpt.save_latest(step, state, train_iter.get_state())
+        ckpt.save_latest(step, state, train_iter)
       if stop.reached(step):
         _check_finite(pending)
-        ckpt.save_latest(step, state, train_iter.get_state())
+        ckpt.save_latest(step, state, train_iter)
         ckpt.wait_until_finished()
         logging.warning(
             'Stopped by %s after step %d of %d; its checkpoint is in %s. '
