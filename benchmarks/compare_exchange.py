@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import re
-import shlex
 import sys
 import time
 from typing import Any, Sequence
@@ -37,10 +36,10 @@ from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
-import jax
 import ml_collections
 from ml_collections import config_flags
 
+from benchmarks import common
 from cen_jax import run as run_lib
 from cen_jax import tasks
 from cen_jax.core import exchange_analysis
@@ -167,11 +166,7 @@ def tables(results: Sequence[dict[str, Any]],
 def header_lines(config: ml_collections.ConfigDict,
                  argv: Sequence[str]) -> str:
   o = config.optim
-  return '\n'.join([
-      'command: python -m benchmarks.compare_exchange ' + ' '.join(
-          shlex.quote(a) for a in argv[1:]),
-      f'jax {jax.__version__}, {jax.device_count()} x '
-      f'{jax.devices()[0].device_kind}',
+  return '\n'.join(common.run_header('benchmarks.compare_exchange', argv) + [
       f'data {config.data.name} {tuple(config.data.modalities)}, model depth '
       f'{config.model.depth} width {config.model.width}, batch '
       f'{o.batch_size}, epochs {tuple(o.stage_epochs)}, l1 {o.l1_coef}, '

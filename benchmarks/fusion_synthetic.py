@@ -24,7 +24,6 @@ nothing to exchange with. Any config field can be overridden, e.g.
 ``--workdir_root`` resumes (or re-evaluates) the runs found there.
 """
 
-import shlex
 import sys
 import tempfile
 import time
@@ -34,10 +33,10 @@ from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
-import jax
 import ml_collections
 from ml_collections import config_flags
 
+from benchmarks import common
 from cen_jax import run as run_lib
 from cen_jax import tasks
 from cen_jax.core import exchange_analysis
@@ -158,11 +157,7 @@ def class_table(results: dict[str, dict[str, float]]) -> str:
 
 def header(config: ml_collections.ConfigDict, argv: Sequence[str]) -> str:
   o = config.optim
-  return '\n'.join([
-      'command: python -m benchmarks.fusion_synthetic ' + ' '.join(
-          shlex.quote(a) for a in argv[1:]),
-      f'jax {jax.__version__}, {jax.device_count()} x '
-      f'{jax.devices()[0].device_kind}',
+  return '\n'.join(common.run_header('benchmarks.fusion_synthetic', argv) + [
       f'data {config.data.name}, model depth {config.model.depth} width '
       f'{config.model.width}, decoder {tuple(config.model.decoder_features)}'
       f', bn {config.model.bn_mode}, dropout {config.model.dropout_rate}',

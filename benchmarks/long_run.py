@@ -14,7 +14,6 @@ best). A script rather than a test, so that the suite stays fast.
 """
 
 import pathlib
-import shlex
 import sys
 import tempfile
 import threading
@@ -22,9 +21,9 @@ import time
 
 from absl import app
 from absl import flags
-import jax
 from ml_collections import config_flags
 
+from benchmarks import common
 from cen_jax import run
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -145,15 +144,14 @@ def main(argv):
     summary = run.train_and_evaluate(config, str(workdir))
     seconds = time.perf_counter() - start
     sampler.stop()
-  print('\n'.join([
-      '', 'command: python -m benchmarks.long_run ' + ' '.join(
-          shlex.quote(a) for a in sys.argv[1:]),
-      f'jax {jax.__version__}, {jax.device_count()} x '
-      f'{jax.devices()[0].device_kind}; {_STEPS.value} steps in '
-      f'{seconds:.0f} s, eval every {config.train.eval_every_epochs} epochs '
-      f'of {per_epoch} steps and checkpoint every {_CKPT_EVERY.value} steps, keep {_KEEP.value}; final ensemble mIoU '
-      f'{summary.get("eval/ensemble/miou", float("nan")):.2f}', '',
-      report(sampler.samples, _STEPS.value), '']))
+  miou = summary.get('eval/ensemble/miou', float('nan'))
+  print('\n'.join(
+      [''] + common.run_header('benchmarks.long_run', sys.argv) + [
+          f'{_STEPS.value} steps in {seconds:.0f} s, eval every '
+          f'{config.train.eval_every_epochs} epochs of {per_epoch} steps, '
+          f'checkpoint every {_CKPT_EVERY.value} steps, keep {_KEEP.value}; '
+          f'final ensemble mIoU {miou:.2f}', '',
+          report(sampler.samples, _STEPS.value), '']))
 
 
 if __name__ == '__main__':

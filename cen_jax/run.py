@@ -32,18 +32,8 @@ def loop_settings(config: ml_collections.ConfigDict) -> loop.Settings:
 
 def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as ``{'optim.batch_size': 6, ...}`` for TensorBoard."""
-  flat = {}
-
-  def walk(prefix, d):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        walk(f'{prefix}{k}.', v)
-      else:
-        flat[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) \
-            else str(v)
-
-  walk('', config.to_dict())
-  return flat
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+          for k, v in _flat(config.to_dict()).items()}
 
 
 # Config fields that define the model a checkpoint holds: using its
@@ -53,9 +43,10 @@ MODEL_FIELDS = ('task', 'model.', 'data.modalities')
 TRAINING_FIELDS = MODEL_FIELDS + ('data.name', 'data.crop_size',
                                   'data.scale_range', 'data.shorter_side',
                                   'optim.batch_size')
-# Model fields that change how the same weights are computed with, not what
-# they mean.
-COMPATIBLE_MODEL_FIELDS = ('model.dtype',)
+# Model fields that change how the same weights are trained or computed
+# with, not what they mean.
+COMPATIBLE_MODEL_FIELDS = ('model.dtype', 'model.dropout_rate',
+                           'model.bn_momentum')
 
 
 def _jsonable(config: ml_collections.ConfigDict) -> dict[str, Any]:

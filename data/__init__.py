@@ -68,5 +68,14 @@ def prepare(name: str, *, data_dir: str | pathlib.Path,
   download_config = tfds.download.DownloadConfig(
       manual_dir=None if manual_dir is None else str(manual_dir),
       try_download_gcs=False)
-  builder.download_and_prepare(download_config=download_config)
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except FileExistsError:
+    # Another process sharing data_dir (a host of the same run) renamed its
+    # finished copy into place first; use that one.
+    builder = BUILDERS[base](config=config or config_name or None,
+                             data_dir=str(data_dir),
+                             file_format='array_record')
+    if not builder.is_prepared():
+      raise
   return builder

@@ -94,7 +94,8 @@ def _final(config, workdir):
 def test_multiprocess_run_resumes_bit_identical_to_an_uninterrupted_one(
     tmp_path):
   config = config_for(tmp_path)
-  tasks.build(config, tmp_path).source('train')  # Generate the data once.
+  # Both processes generate the synthetic data into one data_dir at once:
+  # whichever finishes second uses the first one's copy.
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   assert _two_processes(tmp_path, straight) == [0, 0]
   assert _two_processes(tmp_path, resumed, crash_after=3) == [3, 3]

@@ -75,6 +75,13 @@ def _normalised_sample(name):
   return np.stack([rgb, depth])[:, None].astype(np.float32)
 
 
+def _normalised(src, name):
+  """``(M=2, 1, H, W, 3)`` inputs of ``src/{rgb,depth}/<name>.png``."""
+  example = predict.Example(name, {m: src / m / f'{name}.png'
+                                   for m in ('rgb', 'depth')})
+  return predict.read_example(example, ('rgb', 'depth'))[1][:, None]
+
+
 def test_restore_variables_reads_the_best_checkpoint(run):
   config, workdir = run
   variables, step = _restore(config, str(workdir))
@@ -349,9 +356,14 @@ def test_a_users_exchange_rule_works_in_every_mode(tmp_path):
       export.load_export(paths_['export']).call(x),
       _official_logits(task.model, variables, x), rtol=1e-5, atol=1e-5)
   src = tmp_path / 'in'
-  for sub in ('rgb', 'depth'):
-    (src / sub).mkdir(parents=True)
-    os.symlink(SAMPLES / sub / '000464.png', src / sub / '000464.png')
+  (src / 'rgb').mkdir(parents=True)
+  (src / 'depth').mkdir()
+  Image.fromarray(np.asarray(Image.open(SAMPLES / 'rgb' / '000464.png'))[
+      :32, :32]).save(src / 'rgb' / 'a.png')
+  cv2.imwrite(str(src / 'depth' / 'a.png'), cv2.imread(
+      str(SAMPLES / 'depth' / '000464.png'), cv2.IMREAD_UNCHANGED)[:32, :32])
   (written,) = run_lib.predict(config, str(workdir), str(src),
                                str(tmp_path / 'out'))
-  assert written.mask.exists()
+  logits = _official_logits(task.model, variables, _normalised(src, 'a'))
+  np.testing.assert_array_equal(np.asarray(Image.open(written.mask)),
+                                np.argmax(logits[-1, 0], axis=-1))
