@@ -29,7 +29,7 @@ Contracts, for every task:
 
 import dataclasses
 import pathlib
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Iterator, Protocol
 
 import jax
 import numpy as np
@@ -130,5 +130,6 @@ class Task(Protocol):
     """``(N, H, W, 3)`` uint8 images logged at every evaluation."""
 
   def write_report(self, directory: pathlib.Path, totals: Any,
-                   summary: Summary) -> Mapping[str, pathlib.Path]:
-    """Files of a stand-alone evaluation (``--mode=eval``)."""
+                   summary: Summary) -> str:
+    """Writes the files of a stand-alone evaluation (``--mode=eval``) under
+    ``directory``; returns a readable summary for the console."""
