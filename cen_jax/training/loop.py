@@ -216,8 +216,9 @@ def _resume(task: Task, trainer: Trainer, ckpt: checkpointing.Checkpointer,
 
 
 def _run_eval(task: Task, eval_fn, state: State, step: int, mesh, writer,
-              ckpt: checkpointing.Checkpointer) -> Summary:
-  variables = state_lib.subtree(state, abstract_variables(task))
+              ckpt: checkpointing.Checkpointer,
+              variables_shape: Variables) -> Summary:
+  variables = state_lib.subtree(state, variables_shape)
   summary = task.summarize(evaluate_split(task, eval_fn, variables, mesh))
   writer.write_scalars(step, summary)
   images = task.eval_images(variables)
@@ -235,6 +236,8 @@ def _train_steps(task: Task, trainer: Trainer, state: State,
                  ckpt: checkpointing.Checkpointer, rng: jax.Array) -> Summary:
   """Steps from ``step`` to the end, or to a SIGTERM/SIGINT's checkpoint."""
   train_fn, eval_fn = jit_train_step(trainer, mesh), jit_eval_step(task, mesh)
+  # Traced once, not at every evaluation (a ResNet-101 trace takes seconds).
+  variables_shape = abstract_variables(task)
   progress = periodic_actions.ReportProgress(
       num_train_steps=trainer.total_steps, writer=writer,
       every_steps=every.log_every)
@@ -253,7 +256,8 @@ def _train_steps(task: Task, trainer: Trainer, state: State,
         window = []
       if every.eval(step):
         _check_finite(pending)
-        summary = _run_eval(task, eval_fn, state, step, mesh, writer, ckpt)
+        summary = _run_eval(task, eval_fn, state, step, mesh, writer, ckpt,
+                            variables_shape)
       if every.checkpoint(step):
         _check_finite(pending)
         ckpt.save_latest(step, state, train_iter)
