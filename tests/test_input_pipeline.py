@@ -8,6 +8,7 @@ import pytest
 
 import data
 from cen_jax.tasks.segmentation import input_pipeline as ip
+from cen_jax.training import loaders
 from tests import paths
 
 _MEAN = np.array([0.485, 0.456, 0.406])
@@ -272,7 +273,7 @@ def test_multiprocess_worker_gives_the_same_batches(tiny_train):
 def test_eval_covers_every_example_once_with_padding(tiny_test):
   n = len(tiny_test)  # 8 examples.
   labels = [tiny_test[i]['label'].astype(np.int32) for i in range(n)]
-  assert ip.num_eval_batches(n, 3, 2) == 2
+  assert loaders.num_eval_batches(n, 3, 2) == 2
   seen = []
   for shard in range(2):
     batches = list(ip.eval_loader(tiny_test, batch_size=3,
@@ -291,13 +292,6 @@ def test_eval_covers_every_example_once_with_padding(tiny_test):
   assert len(seen) == n
   for got, want in zip(seen, labels):  # In source order.
     np.testing.assert_array_equal(got, want)
-
-
-def test_stack_batch_rejects_mixed_sizes():
-  a = {'label': np.zeros((2, 3)), 'inputs': np.zeros((1, 2, 3, 3))}
-  b = {'label': np.zeros((3, 3)), 'inputs': np.zeros((1, 3, 3, 3))}
-  with pytest.raises(ValueError, match='share a size'):
-    ip.stack_batch([a, b])
 
 
 def test_unknown_modality_lists_choices(tiny_train):

@@ -47,6 +47,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cen_jax.training import loaders
 import data
 from data import conventions
 
@@ -58,7 +59,6 @@ RGB_STD = (0.229, 0.224, 0.225)
 # The official ResizeAndScale: nearest for depth, bicubic otherwise.
 _INTERPOLATION = {'rgb': cv2.INTER_CUBIC, 'depth': cv2.INTER_NEAREST,
                   'hha': cv2.INTER_CUBIC}
-_PADDING_KEY = '_padding'
 
 Sample = dict[str, np.ndarray]
 
@@ -283,7 +283,7 @@ class EvalTransform(grain.transforms.Map):
     sample = select(element, self.modalities)
     inputs = normalise(sample, self.modalities)
     label = sample['label'].astype(np.int32)
-    if element.get(_PADDING_KEY, False):
+    if loaders.is_padding(element):
       return {'inputs': np.zeros_like(inputs),
               'label': np.full_like(label, conventions.IGNORE_LABEL),
               'valid': np.bool_(False)}
@@ -331,63 +331,13 @@ def train_loader(source, *, batch_size: int, seed: int,
     'label': (B, C, C) int32, 'valid': (B,) bool}`` with ``C`` the crop.
   """
   modalities = _check_modalities(source, modalities)
-  shard = grain.sharding.ShardOptions(shard_index, shard_count,
-                                      drop_remainder=True)
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shard_options=shard, shuffle=True,
-      num_epochs=None, seed=seed)
-  ops = [TrainTransform(modalities, crop_size, scale_range, shorter_side),
-         grain.transforms.Batch(batch_size, drop_remainder=True)]
-  return grain.DataLoader(
-      data_source=source, sampler=sampler, operations=ops,
-      worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-      shard_options=shard, read_options=grain.ReadOptions(
-          num_threads=read_threads, prefetch_buffer_size=read_buffer_size))
-
-
-class PaddedSource:
-  """A source extended with padding records that copy the last example.
-
-  Records at ``index >= len(source)`` are the last real example marked as
-  padding (so they have its size); ``EvalTransform`` blanks them.
-  """
-
-  def __init__(self, source, length: int):
-    if length < len(source):
-      raise ValueError(f'padded length {length} < {len(source)} records')
-    self._source = source
-    self._length = length
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    n = len(self._source)
-    if not 0 <= index < self._length:
-      raise IndexError(f'index {index} out of range for {self._length}')
-    element = dict(self._source[min(index, n - 1)])
-    element[_PADDING_KEY] = index >= n
-    return element
-
-  def __repr__(self) -> str:
-    return f'PaddedSource({self._source!r}, length={self._length})'
-
-
-def num_eval_batches(num_examples: int, batch_size: int,
-                     shard_count: int = 1) -> int:
-  """Batches per shard that ``eval_loader`` yields (same on every shard)."""
-  return -(-num_examples // (batch_size * shard_count))
-
-
-def stack_batch(examples: Sequence[dict[str, np.ndarray]]
-                ) -> dict[str, np.ndarray]:
-  """Stacks examples; different image sizes are an error, not a crash."""
-  shapes = {e['label'].shape for e in examples}
-  if len(shapes) > 1:
-    raise ValueError(
-        f'eval images in one batch must share a size, got {sorted(shapes)}; '
-        'use batch_size=1 for datasets with mixed image sizes')
-  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  return loaders.train_loader(
+      source,
+      TrainTransform(modalities, crop_size, scale_range, shorter_side),
+      batch_size=batch_size, seed=seed, shard_index=shard_index,
+      shard_count=shard_count, worker_count=worker_count,
+      worker_buffer_size=worker_buffer_size, read_threads=read_threads,
+      read_buffer_size=read_buffer_size)
 
 
 def eval_loader(source, *, batch_size: int,
@@ -399,8 +349,9 @@ def eval_loader(source, *, batch_size: int,
 
   The source is padded to a multiple of ``batch_size * shard_count`` with
   ``valid=False`` examples (label 255, inputs 0), so every shard yields the
-  same number of full batches (``num_eval_batches``); shard k reads the
-  k-th contiguous block. Each ``iter()`` starts again from the beginning.
+  same number of full batches (``loaders.num_eval_batches``); shard k reads
+  the k-th contiguous block. Each ``iter()`` starts again from the
+  beginning.
 
   Args:
     source: a random-access source (``get_source``).
@@ -417,18 +368,8 @@ def eval_loader(source, *, batch_size: int,
     float32, 'label': (B, H, W) int32, 'valid': (B,) bool}``.
   """
   modalities = _check_modalities(source, modalities)
-  per_round = batch_size * shard_count
-  padded = PaddedSource(source, -(-len(source) // per_round) * per_round)
-  shard = grain.sharding.ShardOptions(shard_index, shard_count,
-                                      drop_remainder=True)
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(padded), shard_options=shard, shuffle=False,
-      num_epochs=1)
-  ops = [EvalTransform(modalities),
-         grain.transforms.Batch(batch_size, drop_remainder=False,
-                                batch_fn=stack_batch)]
-  return grain.DataLoader(
-      data_source=padded, sampler=sampler, operations=ops,
-      worker_count=worker_count, shard_options=shard,
-      read_options=grain.ReadOptions(num_threads=read_threads,
-                                     prefetch_buffer_size=read_buffer_size))
+  return loaders.eval_loader(
+      source, EvalTransform(modalities), batch_size=batch_size,
+      shard_index=shard_index, shard_count=shard_count,
+      worker_count=worker_count, read_threads=read_threads,
+      read_buffer_size=read_buffer_size)
