@@ -1,17 +1,29 @@
-"""TFDS builders for CEN's RGB-D segmentation data (array_record files).
+"""TFDS builders for CEN's data (array_record files).
 
 Importing this package (or any builder module) registers, as TFDS does for
-every ``GeneratorBasedBuilder`` subclass:
+every ``GeneratorBasedBuilder`` subclass, for RGB-D segmentation:
 
 * ``nyud_v2`` (configs ``default``, ``hha``): NYUDv2, 40 classes;
 * ``sunrgbd`` (configs ``default``, ``toolbox``): SUN RGB-D, 37 classes;
 * ``rgbd_folder``: a user's own data, with an ``RgbdFolderConfig``;
-* ``synthetic_rgbd`` (configs ``default``, ``tiny``): generated locally.
+* ``synthetic_rgbd`` (configs ``default``, ``tiny``): generated locally;
 
-Features of all of them: ``rgb`` uint8 (H, W, 3), ``depth`` uint16 (H, W)
-metres x 5000 as stored, ``label`` uint8 (H, W) with 255 = ignore (both
-defined in ``data.conventions``), ``name``
-text, and ``hha`` uint8 (H, W, 3) where the config computes it. The class
+and for image-to-image translation:
+
+* ``taskonomy``: the Taskonomy sample set in the layout of CEN's
+  translation code (``data/taskonomy.py``), a ``TaskonomyConfig`` for
+  other domain sets or minimum sizes;
+* ``synthetic_taskonomy`` (configs ``default``, ``tiny``): generated
+  locally in that layout and built by the same code.
+
+The translation builders store ``images``, one uint8 (H, W, 3) PNG per
+domain in the order of ``info.metadata['domains']``, and ``name``; read them
+with ``cen_jax.tasks.translation.input_pipeline.get_source``.
+
+Features of all the segmentation builders: ``rgb`` uint8 (H, W, 3),
+``depth`` uint16 (H, W) metres x 5000 as stored, ``label`` uint8 (H, W)
+with 255 = ignore (both defined in ``data.conventions``), ``name`` text,
+and ``hha`` uint8 (H, W, 3) where the config computes it. The class
 names, K, the ignore label and the depth scale are in
 ``info.metadata``. Build with ``prepare``; read with
 ``cen_jax.tasks.segmentation.input_pipeline.get_source``.
@@ -25,12 +37,16 @@ from data import folder
 from data import nyud_v2
 from data import sunrgbd
 from data import synthetic_rgbd
+from data import synthetic_translation
+from data import taskonomy
 
 BUILDERS = {
     'nyud_v2': nyud_v2.NyudV2,
     'sunrgbd': sunrgbd.Sunrgbd,
     'rgbd_folder': folder.RgbdFolder,
     'synthetic_rgbd': synthetic_rgbd.SyntheticRgbd,
+    'taskonomy': taskonomy.Taskonomy,
+    'synthetic_taskonomy': synthetic_translation.SyntheticTaskonomy,
 }
 
 
@@ -41,8 +57,8 @@ def prepare(name: str, *, data_dir: str | pathlib.Path,
   """Builds a dataset into ``data_dir`` as array_record, if not built yet.
 
   Nothing is downloaded: the real datasets are read from ``manual_dir``
-  (default ``<data_dir>/downloads/manual``) and ``synthetic_rgbd`` is
-  generated.
+  (default ``<data_dir>/downloads/manual``) and ``synthetic_rgbd`` and
+  ``synthetic_taskonomy`` are generated.
 
   Args:
     name: a key of ``BUILDERS``, optionally with a config as
