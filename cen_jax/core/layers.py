@@ -73,3 +73,94 @@ def max_pool(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
   pad = window // 2
   return nn.max_pool(x, (window, window), strides=(stride, stride),
                      padding=((pad, pad), (pad, pad)))
+
+
+class InstanceNorm(nn.Module):
+  """PyTorch's ``InstanceNorm2d(affine=True, track_running_stats=True)``.
+
+  Normalises every image of ``(N, H, W, C)`` over its own ``H, W`` (biased
+  variance), or with the running statistics when ``use_running_average``.
+  Where ``batch_stats`` is mutable and per-image statistics are used, the
+  running averages move as PyTorch moves them: towards the batch mean of
+  the per-image means and of the *unbiased* per-image variances.
+
+  Attributes:
+    use_running_average: normalise with the stored statistics (PyTorch's
+      ``eval()``) instead of each image's own.
+    momentum: Flax convention: ``new = momentum * old + (1 - momentum) *
+      batch`` (PyTorch's default 0.1 is 0.9 here).
+    epsilon: added to the variance.
+    groups: the running update is applied once per group of ``N // groups``
+      images, in order, as PyTorch does when one shared module is called
+      once per modality (the discriminator); 1 = one update.
+    dtype: computation dtype; statistics are computed in float32.
+  """
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  groups: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    features = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (features,),
+                       jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,),
+                      jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,),
+                            jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,),
+                           jnp.float32)
+    xf = x.astype(jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      mean = jnp.mean(xf, axis=(-3, -2), keepdims=True)
+      var = jnp.mean(jnp.square(xf - mean), axis=(-3, -2), keepdims=True)
+      if (not self.is_initializing()
+          and self.is_mutable_collection('batch_stats')):
+        self._update_running(ra_mean, ra_var, mean, var,
+                             x.shape[-3] * x.shape[-2])
+    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return y.astype(self.dtype)
+
+  def _update_running(self, ra_mean, ra_var, mean, var, count):
+    unbiased = var * (count / max(count - 1, 1))
+    mean = mean.reshape((self.groups, -1, mean.shape[-1]))
+    unbiased = unbiased.reshape((self.groups, -1, mean.shape[-1]))
+    m, v = ra_mean.value, ra_var.value
+    for g in range(self.groups):
+      m = self.momentum * m + (1 - self.momentum) * jnp.mean(mean[g], 0)
+      v = self.momentum * v + (1 - self.momentum) * jnp.mean(unbiased[g], 0)
+    ra_mean.value, ra_var.value = m, v
+
+
+PrivateInstanceNorm = nn.vmap(
+    InstanceNorm,
+    in_axes=0,
+    out_axes=0,
+    variable_axes={'params': 0, 'batch_stats': 0},
+    split_rngs={'params': True},
+)
+"""InstanceNorm with its own scale/bias/running stats per modality, ``(M, C)``
+each; input ``(M, B, H, W, C)``."""
+
+
+class UnusedNorm(nn.Module):
+  """The variables of a norm layer that the forward never calls.
+
+  The official translation networks own InstanceNorm modules they never use
+  (generator conv1, conv8, deconv8; discriminator conv1, conv5). They are in
+  its checkpoints, and the official L1 term covers the generator's encoder
+  ones, so they are kept here with the same shapes (``shape`` is ``(C,)`` or
+  ``(M, C)``) and no computation.
+  """
+  shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self) -> None:
+    self.param('scale', nn.initializers.ones, self.shape, jnp.float32)
+    self.param('bias', nn.initializers.zeros, self.shape, jnp.float32)
+    self.variable('batch_stats', 'mean', jnp.zeros, self.shape, jnp.float32)
+    self.variable('batch_stats', 'var', jnp.ones, self.shape, jnp.float32)

@@ -23,6 +23,8 @@ import flax
 import jax
 import numpy as np
 
+from cen_jax.core.torch_io import ConversionError, as_numpy, torch_load
+
 _BN_FIELDS = {
     'weight': ('params', 'scale'),
     'bias': ('params', 'bias'),
@@ -30,10 +32,6 @@ _BN_FIELDS = {
     'running_var': ('batch_stats', 'var'),
 }
 _ENCODER_TOP = re.compile(r'^(conv1|bn1|layer\d+)\b')
-
-
-class ConversionError(ValueError):
-  """The state dict does not fit the model; the message lists every key."""
 
 
 def _strip_prefix(key: str) -> str:
@@ -130,7 +128,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], num_modalities: int,
   Raises:
     ConversionError: unknown, missing or mis-shaped keys.
   """
-  state_dict = {k: _as_numpy(v) for k, v in state_dict.items()}
+  state_dict = {k: as_numpy(v) for k, v in state_dict.items()}
   dense, private, unexpected = _gather(state_dict, num_modalities)
   missing = []
   for (collection, path), rows in private.items():
@@ -167,37 +165,6 @@ def _check_against(flat: dict, template: Any) -> list[str]:
   return out
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-  if hasattr(value, 'detach'):  # a torch tensor; no torch import needed
-    return value.detach().cpu().numpy()
-  return np.asarray(value)
-
-
-def _import_torch():
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        'Reading PyTorch files needs torch, an optional dependency: '
-        'pip install -r requirements-torch.txt') from e
-  return torch
-
-
-def _torch_load(path: str, allow_pickle: bool) -> Any:
-  torch = _import_torch()
-  try:
-    return torch.load(path, map_location='cpu', weights_only=not allow_pickle)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f'{path}: no such checkpoint file') from e
-  except Exception as e:  # torch raises UnpicklingError and friends
-    if allow_pickle:
-      raise ValueError(f'{path}: cannot read it as a torch file: {e}') from e
-    raise ValueError(
-        f'{path}: torch.load(weights_only=True) refused it ({e}). If you '
-        'trust the file, load it with allow_pickle=True '
-        '(--torch_allow_pickle).') from e
-
-
 def load_torch_checkpoint(path: str, *, allow_pickle: bool = False
                           ) -> dict[str, np.ndarray]:
   """Reads an official ``model-best.pth.tar``; returns its state dict.
@@ -205,13 +172,13 @@ def load_torch_checkpoint(path: str, *, allow_pickle: bool = False
   Official checkpoints are ``{'segmenter': state_dict, 'epoch_start': int,
   'best_val': float}``; a bare state dict is accepted too.
   """
-  obj = _torch_load(path, allow_pickle)
+  obj = torch_load(path, allow_pickle)
   if isinstance(obj, Mapping) and 'segmenter' in obj:
     obj = obj['segmenter']
   if not isinstance(obj, Mapping):
     raise ValueError(f'{path}: expected a state dict or a dict with '
                      f"'segmenter', got {type(obj).__name__}")
-  return {k: _as_numpy(v) for k, v in obj.items()}
+  return {k: as_numpy(v) for k, v in obj.items()}
 
 
 def from_torchvision_resnet(state_dict: Mapping[str, Any],
@@ -239,7 +206,7 @@ def from_torchvision_resnet(state_dict: Mapping[str, Any],
     if key.startswith('fc.'):
       continue
     *mod, field = key.split('.')
-    value = _as_numpy(value)
+    value = as_numpy(value)
     if field == 'num_batches_tracked' or (field in _BN_FIELDS and
                                           value.ndim == 1):
       for m in range(num_modalities):
@@ -259,9 +226,9 @@ def from_torchvision_resnet(state_dict: Mapping[str, Any],
 
 def load_torchvision_resnet(path: str, variables: Any) -> dict[str, Any]:
   """Reads a local torchvision ResNet ``.pth`` and applies it (see above)."""
-  state_dict = _torch_load(path, allow_pickle=False)
+  state_dict = torch_load(path, allow_pickle=False)
   return from_torchvision_resnet(
-      {k: _as_numpy(v) for k, v in state_dict.items()}, variables)
+      {k: as_numpy(v) for k, v in state_dict.items()}, variables)
 
 
 def _official_module_path(path: tuple[str, ...]) -> list[str]:

@@ -1,0 +1,1 @@
+"""Multi-domain image-to-image translation with CEN (Taskonomy)."""
