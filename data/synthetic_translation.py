@@ -30,11 +30,12 @@ The translation shading + texture edges -> RGB (the official default,
 paint or the grain (drawn independently of the surface), so the hue is a
 guess. ``edge_texture`` alone gives paint and grain at every pixel but
 nothing about the light, so the brightness is a guess between 0.05 and 1
-times the paint. With both, RGB is a fixed per-pixel function of the two
-stored values. ``tests/test_data_synthetic_translation.py`` measures it
-with the best per-pixel predictors of RGB (uint8 units, mean squared error
-on held-out scenes): about 1150 from ``reshading``, 500 from
-``edge_texture``, 6 from both (1465 from neither).
+times the paint. With both, RGB is a per-pixel function of the two
+stored values (up to the 8-bit rounding of the edges).
+``tests/test_data_synthetic_translation.py`` measures it with the best
+per-pixel predictors of RGB (uint8 units, mean squared error on held-out
+scenes): about 1150 from ``reshading``, 500 from ``edge_texture``, 6 from
+both (1465 from neither).
 
 ``write_taskonomy_folder`` writes these PNGs and the two list files in the
 official folder layout (see ``data/taskonomy.py``); the builder
