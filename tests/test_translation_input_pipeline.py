@@ -153,13 +153,14 @@ def test_crop_larger_than_load_is_an_error():
 def test_eval_transform_resizes_and_blanks_padding():
   element = _coded_element(8)
   transform = tp.EvalTransform(_STORED, ('reshading',), 'rgb', size=4)
-  out = transform.map(element)
+  out = transform.map({**element, '_index': 5})
+  assert out['index'] == 5
   np.testing.assert_array_equal(
       out['target'], _norm(tp.resize(element['images'][0], 4, 4)))
   np.testing.assert_array_equal(
       out['inputs'][0], _norm(tp.resize(element['images'][2], 4, 4)))
   assert out['valid']
-  padded = transform.map({**element, '_padding': True})
+  padded = transform.map({**element, '_padding': True, '_index': 6})
   assert not padded['valid']
   assert not padded['inputs'].any() and not padded['target'].any()
 
@@ -252,7 +253,7 @@ def test_eval_every_example_once_in_order_with_padding(tiny_test):
   n = len(tiny_test)  # 8 examples.
   want = [[_norm(tiny_test[i]['images'][k]) for k in (2, 4, 0)]
           for i in range(n)]
-  seen, valid = [], []
+  seen, valid, index = [], [], []
   for shard in range(2):
     batches = list(tp.eval_loader(tiny_test, batch_size=3, size=40,
                                   shard_index=shard, shard_count=2, **_IO))
@@ -261,12 +262,14 @@ def test_eval_every_example_once_in_order_with_padding(tiny_test):
       assert b['inputs'].shape == (3, 2, 40, 40, 3)
       assert b['target'].shape == (3, 40, 40, 3)
       valid.append(b['valid'].tolist())
+      index += b['index'].tolist()
       for x, y, v in zip(b['inputs'], b['target'], b['valid']):
         if v:
           seen.append([x[0], x[1], y])
         else:
           assert not x.any() and not y.any()
   assert valid == [[True] * 3, [True] * 3, [True, True, False], [False] * 3]
+  assert index == list(range(12))  # Positions in the padded split.
   assert len(seen) == n
   for got, expected in zip(seen, want):  # In source order.
     for g, e in zip(got, expected):

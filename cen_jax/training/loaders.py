@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-# Key set on every record that ``PaddedSource`` returns.
+# Keys set on every record that ``PaddedSource`` returns.
 PADDING_KEY = '_padding'
+INDEX_KEY = '_index'
 
 
 def is_padding(element: dict[str, Any]) -> bool:
@@ -24,11 +25,18 @@ def is_padding(element: dict[str, Any]) -> bool:
   return bool(element.get(PADDING_KEY, False))
 
 
+def record_index(element: dict[str, Any]) -> int:
+  """The position of a ``PaddedSource`` record in the padded split."""
+  return int(element[INDEX_KEY])
+
+
 class PaddedSource:
   """A source extended with padding records that copy the last example.
 
   Records at ``index >= len(source)`` are the last real example with
-  ``PADDING_KEY`` True (so they have its size); every record gets the key.
+  ``PADDING_KEY`` True (so they have its size); every record gets the key,
+  and ``INDEX_KEY``, its position (what seeds per-example randomness at
+  evaluation, independently of batch size and sharding).
   """
 
   def __init__(self, source, length: int):
@@ -46,6 +54,7 @@ class PaddedSource:
       raise IndexError(f'index {index} out of range for {self._length}')
     element = dict(self._source[min(index, n - 1)])
     element[PADDING_KEY] = index >= n
+    element[INDEX_KEY] = index
     return element
 
   def __repr__(self) -> str:

@@ -41,6 +41,8 @@ from cen_jax.training.task import State, Summary, Task, Trainer, Variables
 IMPORTED_DIR = 'checkpoints/imported'
 EVAL_DIR = 'eval'
 CHECKPOINT_CHOICES = ('best', 'latest', 'imported')
+# The key of per-example eval outputs (see ``evaluate_split``).
+ROWS = 'rows'
 # Flush the on-device eval sums (int32 confusion counts) to int64/float64 on
 # the host this often, long before 2^31 pixels can land in one cell.
 _FLUSH_BATCHES = 64
@@ -152,7 +154,12 @@ def _to_host(tree: Any) -> Any:
 
 def evaluate_split(task: Task, eval_fn, variables: Variables,
                    mesh: jax.sharding.Mesh) -> Any:
-  """The task's eval sums over its whole eval split, on the host.
+  """The task's eval results over its whole eval split, on the host.
+
+  Sums are added up (int64/float64). A task whose eval step returns
+  ``{'sums': ..., 'rows': ..., 'valid': (B,)}`` also gets the rows of its
+  valid examples, concatenated in split order (per-example features for
+  FID/KID); it then receives ``{'sums': totals, 'rows': rows}``.
 
   Raises:
     ValueError: the eval split yielded no batch.
@@ -161,9 +168,14 @@ def evaluate_split(task: Task, eval_fn, variables: Variables,
   loader = task.eval_loader(batch_size=batch,
                             shard_index=jax.process_index(),
                             shard_count=jax.process_count())
-  total, pending = None, None
+  total, pending, rows = None, None, []
   for i, local in enumerate(loader):
-    sums = eval_fn(variables, parallel.global_batch(local, mesh))
+    out = eval_fn(variables, parallel.global_batch(local, mesh))
+    sums = out
+    if isinstance(out, dict) and ROWS in out:
+      sums = out['sums']
+      valid = np.asarray(out['valid'], bool)
+      rows.append(jax.tree.map(lambda r: np.asarray(r)[valid], out[ROWS]))
     pending = sums if pending is None else jax.tree.map(jnp.add, pending,
                                                         sums)
     if (i + 1) % _FLUSH_BATCHES == 0:
@@ -173,12 +185,10 @@ def evaluate_split(task: Task, eval_fn, variables: Variables,
     total = _accumulate(total, pending)
   if total is None:
     raise ValueError(f'the {task.name} eval split has no examples')
+  if rows:
+    return {'sums': total,
+            ROWS: jax.tree.map(lambda *r: np.concatenate(r), *rows)}
   return total
-
-
-def _accumulate(total: Any, pending: Any) -> Any:
-  pending = _to_host(pending)
-  return pending if total is None else jax.tree.map(np.add, total, pending)
 
 
 def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:

@@ -22,7 +22,11 @@ Contracts, for every task:
   loop averages them over the logging window with ``clu.metrics.Average``
   and stops on a non-finite loss); ``eval_step(variables, batch) -> sums``,
   a pytree of per-batch sums (counts, confusion matrices) that the loop
-  adds up over the whole eval split, in int64/float64 on the host.
+  adds up over the whole eval split, in int64/float64 on the host. A step
+  may instead return ``{'sums': sums, 'rows': rows, 'valid': (B,)}``, with
+  ``rows`` a pytree of per-example arrays (features for FID/KID): the loop
+  then also concatenates the rows of the valid examples in split order and
+  hands ``{'sums': totals, 'rows': rows}`` to ``summarize``.
 * **Batches** are dicts of NumPy arrays whose leading axis is the example
   axis; the loop shards them over the ``'data'`` mesh axis.
 """

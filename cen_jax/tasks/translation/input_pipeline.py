@@ -33,7 +33,9 @@ Batches are dicts of NumPy arrays:
   order of ``inputs``;
 * ``'target'``: float32 ``(B, S, S, 3)``;
 * ``'valid'``: bool ``(B,)``, False only for the padding examples that fill
-  the last eval batch(es) (their images are 0).
+  the last eval batch(es) (their images are 0);
+* ``'index'``: int32 ``(B,)``, eval batches only: the example's position in
+  the split (it seeds the example's dropout in the official protocol).
 
 Deviation: training batches run across epoch boundaries (an endless
 shuffled stream, reshuffled every epoch), where the official loader ends
@@ -102,6 +104,27 @@ def domains(source) -> tuple[str, ...]:
   return tuple(info.metadata['domains'])
 
 
+def check_names(inputs: Sequence[str],
+                target: str) -> tuple[tuple[str, ...], str]:
+  """Checks ``inputs -> target`` without reading data.
+
+  Returns:
+    ``(inputs, target)`` with ``inputs`` a tuple.
+
+  Raises:
+    ValueError: an unknown domain name (listing the official ones), no
+      input, or the target among the inputs.
+  """
+  inputs = taskonomy.check_domains(inputs)
+  (target,) = taskonomy.check_domains([target])
+  if not inputs:
+    raise ValueError(f'give at least one input domain from '
+                     f'{taskonomy.DOMAINS}')
+  if target in inputs:
+    raise ValueError(f'target {target!r} is also an input {inputs}')
+  return inputs, target
+
+
 def check_domains(source, inputs: Sequence[str],
                   target: str) -> tuple[tuple[str, ...], str]:
   """Checks that ``inputs -> target`` is a translation the source can feed.
@@ -115,17 +138,10 @@ def check_domains(source, inputs: Sequence[str],
     ``(inputs, target)`` with ``inputs`` a tuple.
 
   Raises:
-    ValueError: an unknown domain name (listing the official ones), no
-      input, the target among the inputs, or a domain the dataset does not
-      store (naming the dataset's domains).
+    ValueError: as ``check_names``, or a domain the dataset does not store
+      (naming the dataset's domains).
   """
-  inputs = taskonomy.check_domains(inputs)
-  (target,) = taskonomy.check_domains([target])
-  if not inputs:
-    raise ValueError(f'give at least one input domain from '
-                     f'{taskonomy.DOMAINS}')
-  if target in inputs:
-    raise ValueError(f'target {target!r} is also an input {inputs}')
+  inputs, target = check_names(inputs, target)
   stored = domains(source)
   for d in inputs + (target,):
     if d not in stored:
@@ -242,7 +258,19 @@ class EvalTransform(grain.transforms.Map):
     images = select(element, self.indices)
     shape = eval_size(*images[0].shape[:2], self.size)
     images = [resize(x, *shape) for x in images]
-    return _batch_element(images, valid=not loaders.is_padding(element))
+    out = _batch_element(images, valid=not loaders.is_padding(element))
+    out['index'] = np.int32(loaders.record_index(element))
+    return out
+
+
+def eval_element(element: dict[str, Any], inputs: Sequence[str],
+                 target: str, size: int, stored: Sequence[str]
+                 ) -> dict[str, np.ndarray]:
+  """One decoded example as evaluation sees it: ``{'inputs': (M, H, W, 3),
+  'target': (H, W, 3)}`` float32 in [-1, 1]."""
+  images = select(element, positions(stored, inputs, target))
+  shape = eval_size(*images[0].shape[:2], size)
+  return _batch_element([resize(x, *shape) for x in images], valid=True)
 
 
 def train_loader(source, *, batch_size: int, seed: int,
@@ -315,7 +343,8 @@ def eval_loader(source, *, batch_size: int,
 
   Returns:
     A ``grain.DataLoader`` of batches ``{'inputs': (B, M, H, W, 3)
-    float32, 'target': (B, H, W, 3) float32, 'valid': (B,) bool}``, with
+    float32, 'target': (B, H, W, 3) float32, 'valid': (B,) bool,
+    'index': (B,) int32}``, with
     ``H = W = size`` for square images.
   """
   inputs, target = check_domains(source, inputs, target)
