@@ -191,6 +191,11 @@ def evaluate_split(task: Task, eval_fn, variables: Variables,
   return total
 
 
+def _accumulate(total: Any, pending: Any) -> Any:
+  pending = _to_host(pending)
+  return pending if total is None else jax.tree.map(np.add, total, pending)
+
+
 def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:
   """Raises on the first non-finite loss; ``pending`` holds (step, loss)."""
   for step, loss in pending:
