@@ -5,8 +5,10 @@ r"""cen-jax entry point: train, evaluate, import official weights, and more.
 Modes: ``train`` (train and evaluate, resuming from the workdir; default),
 ``eval`` (evaluate the best, latest, a given step, or imported checkpoint;
 needs only the eval split),
-``import_torch`` (convert an official ``model-best.pth.tar`` into the
-workdir), ``predict`` (segment a folder or list of RGB-D images),
+``import_torch`` (convert an official ``model-best.pth.tar``, or a
+translation ``checkpoint-gen.pkl`` with its ``checkpoint-dis.pkl``, into the
+workdir), ``predict`` (segment a folder or list of RGB-D images; translate a
+folder of input-domain images),
 ``analyze`` (plot what the model exchanges) and ``export`` (a
 parameters-only checkpoint and a serialized ``jax.export`` artifact), for
 the task ``config.task`` names (``cen_jax/tasks/``). Any config field can be
@@ -45,15 +47,18 @@ _CHECKPOINT = flags.DEFINE_string(
     'number.')
 _INPUT = flags.DEFINE_string(
     'input', None,
-    'predict: a folder with rgb/ and depth/ (or hha/) of matching file '
-    'names, or a tab-separated list file (rgb, [mask,] depth).')
+    'predict: segmentation: a folder with rgb/ and depth/ (or hha/) of '
+    'matching file names, or a tab-separated list file (rgb, [mask,] '
+    'depth); translation: a folder with one sub-folder per input domain '
+    '(and optionally the target domain, shown in the grids).')
 _OUTPUT = flags.DEFINE_string(
     'output', None,
     'predict, export: output folder; analyze: default '
     '<workdir>/analysis/<step>.')
 _PREDICTION_OUTPUT = flags.DEFINE_string(
     'prediction_output', 'ensemble',
-    "predict: which output's logits: 'ensemble' or a modality name/index.")
+    "predict: which output: 'ensemble' or a modality (segmentation: name "
+    "or index; translation: an input domain's branch).")
 _CROP_TO_RGB = flags.DEFINE_bool(
     'crop_to_rgb', False,
     'predict: centre-crop inputs larger than the RGB to its size (the '
@@ -67,7 +72,10 @@ _EXPORT_BAKE = flags.DEFINE_bool(
     'export: embed the weights in the artifact (call(x)); else it takes '
     'them as its first argument (call(variables, x)).')
 _TORCH_CHECKPOINT = flags.DEFINE_string(
-    'torch_checkpoint', None, 'import_torch: official model-best.pth.tar.')
+    'torch_checkpoint', None,
+    'import_torch: official model-best.pth.tar (segmentation) or '
+    'checkpoint-gen*.pkl (translation; checkpoint-dis*.pkl beside it is '
+    'imported too).')
 _TORCH_ALLOW_PICKLE = flags.DEFINE_bool(
     'torch_allow_pickle', False,
     'import_torch: allow full unpickling (only for files you trust).')

@@ -38,15 +38,16 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 # Config fields that define the model a checkpoint holds: using its
 # weights with other values is refused (eval, predict, analyze, export).
-MODEL_FIELDS = ('task', 'model.', 'data.modalities')
+MODEL_FIELDS = ('task', 'model.', 'data.modalities', 'data.inputs',
+                'data.target')
 # ... and, for resuming training, those that define the data position too.
 TRAINING_FIELDS = MODEL_FIELDS + ('data.name', 'data.crop_size',
                                   'data.scale_range', 'data.shorter_side',
-                                  'optim.batch_size')
+                                  'data.load_size', 'optim.batch_size')
 # Model fields that change how the same weights are trained or computed
 # with, not what they mean.
 COMPATIBLE_MODEL_FIELDS = ('model.dtype', 'model.dropout_rate',
-                           'model.bn_momentum')
+                           'model.bn_momentum', 'model.norm_momentum')
 
 
 def _jsonable(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -230,3 +230,40 @@ def summary_images(scales: Scales, weights_fn: exchange.MaskFn,
       'gamma_histograms': figure_to_rgb(
           plot_gamma_histograms(scales, threshold, modality_names)),
   }
+
+
+def write_analysis(out: Any, scales: Scales, variant: exchange.Exchange,
+                   modality_names: Sequence[str], *, norm_name: str,
+                   step: int) -> tuple[dict[str, Any], str]:
+  """Writes the exchange analysis of one checkpoint into ``out``.
+
+  Files: ``exchange_fractions.png`` (exchanged fraction of channels per
+  site and modality), ``gamma_histograms.png`` (|gamma| per modality,
+  threshold marked) and ``exchange_table.md`` (the fractions as a table).
+
+  Args:
+    out: a ``pathlib.Path`` directory (created).
+    scales: ``{site: (M, C) gamma}``.
+    variant: the model's exchange.
+    modality_names: names in modality order.
+    norm_name: what the scales are, for the table's title (``'bn2'``).
+    step: the checkpoint's step.
+
+  Returns:
+    ``({'fractions': path, 'histograms': path, 'table': path}, table
+    text)``.
+  """
+  out.mkdir(parents=True, exist_ok=True)
+  table = exchange_table(scales, variant.weights)
+  text = format_exchange_table(table, modality_names)
+  paths = {'fractions': out / 'exchange_fractions.png',
+           'histograms': out / 'gamma_histograms.png',
+           'table': out / 'exchange_table.md'}
+  paths['fractions'].write_bytes(figure_to_png(
+      plot_exchange_fractions(table, modality_names)))
+  paths['histograms'].write_bytes(figure_to_png(
+      plot_gamma_histograms(scales, variant.threshold, modality_names)))
+  paths['table'].write_text(
+      f'Exchanged {norm_name} channels, {variant.name} exchange, '
+      f'checkpoint step {step}\n\n{text}\n')
+  return paths, text

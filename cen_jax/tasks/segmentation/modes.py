@@ -94,23 +94,9 @@ def analyze(task: Segmentation, workdir: str, output_dir: str | None = None,
   variables, step = loop.restore_variables(task, workdir, checkpoint)
   out = pathlib.Path(output_dir or pathlib.Path(workdir) / 'analysis'
                      / str(step))
-  out.mkdir(parents=True, exist_ok=True)
-  names = task.modalities
-  scales = models.bn2_scales(variables['params'])
-  variant = task.model.exchange
-  table = exchange_analysis.exchange_table(scales, variant.weights)
-  text = exchange_analysis.format_exchange_table(table, names)
-  paths = {'fractions': out / 'exchange_fractions.png',
-           'histograms': out / 'gamma_histograms.png',
-           'table': out / 'exchange_table.md'}
-  paths['fractions'].write_bytes(exchange_analysis.figure_to_png(
-      exchange_analysis.plot_exchange_fractions(table, names)))
-  paths['histograms'].write_bytes(exchange_analysis.figure_to_png(
-      exchange_analysis.plot_gamma_histograms(scales, variant.threshold,
-                                              names)))
-  paths['table'].write_text(
-      f'Exchanged bn2 channels, {variant.name} exchange, '
-      f'checkpoint step {step}\n\n{text}\n')
+  paths, text = exchange_analysis.write_analysis(
+      out, models.bn2_scales(variables['params']), task.model.exchange,
+      task.modalities, norm_name='bn2', step=step)
   logging.info('Exchange analysis of step %d in %s:\n%s', step, out, text)
   return paths
 
