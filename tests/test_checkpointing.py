@@ -259,6 +259,27 @@ def test_a_save_killed_before_its_rename_is_ignored(tmp_path):
   assert not stale.exists()
 
 
+def test_a_reader_leaves_a_save_in_flight_alone(tmp_path):
+  """eval/predict open the workdir read-only: a save a training run is
+  writing there (its temporary directory) survives, and restoring works."""
+  state = _state(0, 3)
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save_latest(3, state)
+    ckpt.save_best(3, state, 1.0)
+  in_flight = [tmp_path / 'checkpoints' / sub / '9.orbax-checkpoint-tmp'
+               for sub in ('latest', 'best')]
+  for d in in_flight:
+    (d / 'state').mkdir(parents=True)
+    (d / 'state' / 'partial').write_text('being written')
+  with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:
+    got = ckpt.restore_latest(_template(state))
+    best = ckpt.restore_best(_template(state))
+  assert got.step == 3 and best.step == 3
+  _assert_trees_equal(got.state, state)
+  for d in in_flight:
+    assert (d / 'state' / 'partial').read_text() == 'being written'
+
+
 def test_write_config_json(tmp_path):
   workdir = tmp_path / 'run'
   config = {'model': {'depth': 101, 'exchange': 'bn_l1'},

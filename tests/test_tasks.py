@@ -28,8 +28,12 @@ def test_every_config_names_a_task_that_builds_without_data(name, tmp_path):
   task = tasks.build(config, tmp_path)
   # The variables' shapes come from the model alone: no dataset is read.
   variables = loop.abstract_variables(task)
-  assert set(variables) == {'params', 'batch_stats'}
-  leaves = jax.tree.leaves(variables['params'])
+  networks = {'segmentation': [variables],
+              'translation': [variables.get('generator'),
+                              variables.get('discriminator')]}[config.task]
+  for net in networks:
+    assert set(net) == {'params', 'batch_stats'}
+  leaves = jax.tree.leaves([net['params'] for net in networks])
   assert all(leaf.dtype == 'float32' for leaf in leaves)
   assert task.best.mode in ('max', 'min')
   assert not (tmp_path / 'tfds').exists()
@@ -38,7 +42,8 @@ def test_every_config_names_a_task_that_builds_without_data(name, tmp_path):
 def test_unknown_task_lists_the_choices(tmp_path):
   config = default.get_config()
   config.task = 'detection'
-  with pytest.raises(ValueError, match=r"'detection'.*\['segmentation'\]"):
+  with pytest.raises(ValueError,
+                     match=r"'detection'.*\['segmentation', 'translation'\]"):
     tasks.build(config, tmp_path)
 
 

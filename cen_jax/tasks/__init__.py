@@ -16,7 +16,9 @@ from etils import epath
 import ml_collections
 
 from cen_jax.tasks import segmentation
+from cen_jax.tasks import translation
 from cen_jax.tasks.segmentation import modes as segmentation_modes
+from cen_jax.tasks.translation import modes as translation_modes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,7 @@ class TaskEntry:
 
 TASKS: dict[str, TaskEntry] = {
     'segmentation': TaskEntry(segmentation.Segmentation, segmentation_modes),
+    'translation': TaskEntry(translation.Translation, translation_modes),
 }
 
 

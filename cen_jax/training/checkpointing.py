@@ -164,13 +164,17 @@ def _metric_value(metrics: Mapping[str, float], name: str) -> float:
 
 def _manager(directory: epath.Path, preservation_policy: Any,
              async_save: bool, best_fn: Any = None,
-             best_mode: str = 'max') -> ocp.CheckpointManager:
+             best_mode: str = 'max',
+             read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       preservation_policy=preservation_policy,
       best_fn=best_fn,  # also makes orbax persist the metrics it ranks by
       best_mode=best_mode,
       # Leftovers of a save killed before its rename are never restorable.
-      cleanup_tmp_directories=True,
+      # A reader must not touch them: they may be a running training's
+      # save in flight.
+      cleanup_tmp_directories=not read_only,
+      read_only=read_only,
       enable_async_checkpointing=async_save,
       # 'latest' and 'best' may save the same step at once; with several
       # processes their cross-process barriers, keyed by step, must differ.
@@ -195,11 +199,13 @@ class Checkpointer:
     metric_name: name under which :meth:`save_best` records its metric.
     mode: ``'max'`` (higher is better, e.g. mIoU) or ``'min'`` (FID).
     async_save: write in a background thread.
+    read_only: only restore (eval, predict, ...): nothing in the workdir is
+      created, moved or deleted, so a run training there is undisturbed.
   """
 
   def __init__(self, workdir: epath.PathLike, *, keep_latest: int = 2,
                metric_name: str = 'miou', mode: str = 'max',
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     if keep_latest < 1:
       raise ValueError(f'keep_latest must be >= 1: {keep_latest}.')
     if mode not in ('max', 'min'):
@@ -209,14 +215,14 @@ class Checkpointer:
     self._mode = mode
     self._latest = _manager(
         root / _LATEST, ocp.checkpoint_managers.LatestN(n=keep_latest),
-        async_save)
+        async_save, read_only=read_only)
     get_metric = functools.partial(_metric_value, name=metric_name)
     self._best = _manager(
         root / _BEST,
         ocp.checkpoint_managers.BestN(
             get_metric_fn=get_metric, n=1, reverse=mode == 'min',
             keep_checkpoints_without_metrics=False),
-        async_save, best_fn=get_metric, best_mode=mode)
+        async_save, best_fn=get_metric, best_mode=mode, read_only=read_only)
     self._best_value = self._stored_best_value()
 
   def _stored_best_value(self) -> float | None:

@@ -68,11 +68,12 @@ class Settings:
 
 
 def checkpointer(task: Task, workdir: epath.PathLike,
-                 keep_latest: int = 2) -> checkpointing.Checkpointer:
+                 keep_latest: int = 2, *,
+                 read_only: bool = False) -> checkpointing.Checkpointer:
   """The workdir's checkpoints, ranked by the task's best metric."""
   return checkpointing.Checkpointer(
       workdir, keep_latest=keep_latest, metric_name=task.best.stored_as,
-      mode=task.best.mode)
+      mode=task.best.mode, read_only=read_only)
 
 
 def abstract_variables(task: Task, sharding: Any = None) -> Variables:
@@ -129,11 +130,23 @@ def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh):
 
 
 def jit_eval_step(task: Task, mesh: jax.sharding.Mesh):
-  """``fn(variables, batch) -> sums``, jitted over ``mesh``."""
+  """``fn(variables, batch) -> sums``, jitted over ``mesh``.
+
+  A task with ``eval_constants`` (arrays its eval step needs besides the
+  variables, e.g. a metric network's weights) gets them as a third,
+  replicated argument rather than as constants compiled into the program.
+  """
   rep = parallel.replicated(mesh)
-  return jax.jit(task.eval_step,
-                 in_shardings=(rep, parallel.batch_sharded(mesh)),
-                 out_shardings=rep)
+  constants = getattr(task, 'eval_constants', None)
+  if constants is None:
+    return jax.jit(task.eval_step,
+                   in_shardings=(rep, parallel.batch_sharded(mesh)),
+                   out_shardings=rep)
+  fn = jax.jit(task.eval_step,
+               in_shardings=(rep, parallel.batch_sharded(mesh), rep),
+               out_shardings=rep)
+  constants = jax.device_put(constants, rep)
+  return lambda variables, batch: fn(variables, batch, constants)
 
 
 def eval_batch_size(task: Task, mesh: jax.sharding.Mesh) -> int:
@@ -386,7 +399,9 @@ def restore_variables(task: Task, workdir: epath.PathLike,
 
 def _restore_partial(task: Task, workdir: epath.Path, which: str,
                      template: Any) -> checkpointing.Restored | None:
-  with checkpointer(task, workdir) as ckpt:
+  # Read-only: evaluating a workdir while it trains must not delete the
+  # training's save in flight (Orbax cleans temporary directories on open).
+  with checkpointer(task, workdir, read_only=True) as ckpt:
     if which == 'best':
       return (ckpt.restore_best(template, partial=True)
               or ckpt.restore_latest(template, partial=True))

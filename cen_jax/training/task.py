@@ -26,7 +26,10 @@ Contracts, for every task:
   may instead return ``{'sums': sums, 'rows': rows, 'valid': (B,)}``, with
   ``rows`` a pytree of per-example arrays (features for FID/KID): the loop
   then also concatenates the rows of the valid examples in split order and
-  hands ``{'sums': totals, 'rows': rows}`` to ``summarize``.
+  hands ``{'sums': totals, 'rows': rows}`` to ``summarize``. A task may
+  have ``eval_constants`` (a pytree, or None): arrays the eval step needs
+  besides the variables (a metric network's weights), which the loop passes
+  as its third argument, ``eval_step(variables, batch, constants)``.
 * **Batches** are dicts of NumPy arrays whose leading axis is the example
   axis; the loop shards them over the ``'data'`` mesh axis.
 """

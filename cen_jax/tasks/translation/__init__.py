@@ -1,1 +1,14 @@
-"""Multi-domain image-to-image translation with CEN (Taskonomy)."""
+"""Multi-domain image-to-image translation with CEN (Taskonomy).
+
+``task.Translation`` is the task the training loop drives; ``modes`` holds
+what ``main.py`` runs on a trained model (predict, analyze, export,
+import_torch). The networks (CEN U-Net generator, shared PatchGAN) are in
+``models``, the official GAN losses in ``losses``, the steps in ``steps``,
+official-checkpoint conversion in ``convert``, the grain pipeline in
+``input_pipeline`` and FID/KID with the FID Inception in ``fid`` and
+``inception``.
+"""
+
+from cen_jax.tasks.translation.task import Translation
+
+__all__ = ['Translation']

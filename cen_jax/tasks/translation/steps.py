@@ -13,7 +13,7 @@ the example's position in the split (it seeds that example's dropout).
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,6 +22,7 @@ import optax
 
 from cen_jax.core import exchange
 from cen_jax.core import sparsity
+from cen_jax.tasks.translation import fid as fid_lib
 from cen_jax.tasks.translation import losses
 from cen_jax.tasks.translation import models
 
@@ -182,16 +183,25 @@ def translate(generator: nn.Module, variables: Any, x: jnp.ndarray,
   return jnp.moveaxis(jax.vmap(one, in_axes=(1, 0))(x, index), 0, 1)
 
 
-def eval_step(variables: Any, batch: dict[str, jnp.ndarray], *,
+def eval_step(variables: Any, batch: dict[str, jnp.ndarray],
+              constants: dict[str, Any] | None = None, *,
               generator: nn.Module, protocol: str,
-              features_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None
-              ) -> dict[str, Any]:
+              inception: nn.Module | None = None) -> dict[str, Any]:
   """Error sums of every output and, for FID/KID, per-example features.
+
+  Args:
+    variables: ``{'generator': ..., 'discriminator': ...}``.
+    batch: an eval batch.
+    constants: ``{'inception': variables}`` of the FID Inception when
+      ``inception`` is given (an argument, not constants of the program).
+    generator: the generator module.
+    protocol: one of ``PROTOCOLS``.
+    inception: the FID Inception module, or None for no features.
 
   Returns:
     ``{'sums': {'l1': (M + 1,), 'mse': (M + 1,), 'count': ()}, 'rows':
     {...}, 'valid': (B,)}``: the sums of the per-image mean absolute and
-    squared errors over valid examples; with ``features_fn``, ``rows``
+    squared errors over valid examples; with ``inception``, ``rows``
     holds ``'real'`` ``(B, D)`` and ``'fake'`` ``(B, M + 1, D)``
     Inception features (the loop keeps the valid rows of the whole split).
   """
@@ -205,10 +215,12 @@ def eval_step(variables: Any, batch: dict[str, jnp.ndarray], *,
           'mse': jnp.sum(mse * valid, axis=1),
           'count': jnp.sum(valid)}
   rows = {}
-  if features_fn is not None:
-    rows['real'] = features_fn(y)
+  if inception is not None:
+    features = functools.partial(fid_lib.features_of_outputs, inception,
+                                 constants['inception'])
+    rows['real'] = features(y)
     num = images.shape[0]
-    fake = features_fn(images.reshape((-1,) + images.shape[2:]))
+    fake = features(images.reshape((-1,) + images.shape[2:]))
     rows['fake'] = jnp.moveaxis(fake.reshape((num, -1) + fake.shape[1:]),
                                 0, 1)
   return {'sums': sums, 'rows': rows, 'valid': batch['valid']}
