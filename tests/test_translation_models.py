@@ -12,6 +12,8 @@ import torch
 
 from cen_jax.core import exchange
 from cen_jax.core import layers
+from cen_jax.core import torch_io
+from cen_jax.tasks.translation import convert
 from cen_jax.tasks.translation import losses
 from cen_jax.tasks.translation import models
 
@@ -159,3 +161,28 @@ def test_discriminator_patch_size_and_shared_weights():
   alone = d.apply(variables, x[1:], y, train=True)
   np.testing.assert_allclose(alone[0], logits[1], rtol=1e-6, atol=1e-6)
   assert isinstance(d, nn.Module)
+
+
+def test_official_key_layout_round_trips_for_three_inputs():
+  """Export to official keys and import back, M = 3: bit for bit; the
+  official insnorm_<m> rows, and a state dict of another M is refused with
+  the modality named."""
+  g = _tiny()
+  x = jnp.zeros((3, 1, 16, 16, 3))
+  variables = jax.tree.map(np.asarray, g.init(jax.random.key(3), x))
+  sd = convert.to_torch_state_dict(variables, 'generator')
+  assert sd['alpha'].shape == (3,)
+  assert 'conv2.insnorm_conv.insnorm_2.weight' in sd
+  np.testing.assert_array_equal(
+      sd['conv2.insnorm_conv.insnorm_2.running_var'],
+      variables['batch_stats']['conv2']['norm']['var'][2])
+  kernel = variables['params']['deconv1']['deconv']['kernel']  # (4,4,O,I)
+  assert sd['deconv1.deconv.module.weight'].shape == (
+      kernel.shape[3], kernel.shape[2], 4, 4)  # PyTorch [in, out, kh, kw].
+  back = convert.from_torch_state_dict(sd, 'generator', variables)
+  jax.tree.map(np.testing.assert_array_equal, back, dict(variables))
+  two = {k: v for k, v in sd.items() if 'insnorm_2' not in k}
+  two['alpha'] = sd['alpha'][:2]
+  with pytest.raises(torch_io.ConversionError,
+                     match=r'missing modality 2 of params/conv2/norm/scale'):
+    convert.from_torch_state_dict(two, 'generator', variables)
