@@ -250,8 +250,9 @@ def import_torch(task: Translation, workdir: str, torch_checkpoint: str, *,
   if dis is None:
     logging.warning('No checkpoint-dis file beside %s: the discriminator '
                     'is randomly initialised', torch_checkpoint)
+    # Jitted: the eager init of both networks takes ~10x longer.
     variables['discriminator'] = jax.device_get(
-        task.init_variables(jax.random.key(0))['discriminator'])
+        task.start_variables(jax.random.key(0))['discriminator'])
   else:
     variables['discriminator'] = convert.from_torch_state_dict(
         convert.load_torch_state_dict(str(dis), allow_pickle=allow_pickle),
