@@ -1,7 +1,9 @@
-"""What every benchmark prints first: the exact command and the machine."""
+"""What the step benchmarks share: the header (the exact command and the
+machine), XLA's FLOP count, peak memory and the results table."""
 
+import resource
 import shlex
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 
@@ -14,3 +16,58 @@ def run_header(script: str, argv: Sequence[str]) -> list[str]:
       f'jax {jax.__version__}, {jax.device_count()} x '
       f'{jax.devices()[0].device_kind}',
   ]
+
+
+def flops_of(compiled: Any) -> float | None:
+  """FLOPs of one call from XLA's cost analysis (dict, or list of dicts)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None  # Some backends do not implement it.
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])
+
+
+def peak_memory() -> tuple[float, str]:
+  """(bytes, what): device peak where reported, else the process max RSS."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return float(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
+  # ru_maxrss is in KiB on Linux.
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+  return float(rss), 'process max RSS (host)'
+
+
+def si(value: float | None, unit: str) -> str:
+  if value is None:
+    return 'n/a'
+  for prefix, scale in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('k', 1e3)):
+    if abs(value) >= scale:
+      return f'{value / scale:.2f} {prefix}{unit}'
+  return f'{value:.2f} {unit}'
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+  """The results, one column per measured step."""
+  spec = (
+      ('lower + compile (s)', lambda r: f'{r["compile_s"]:.2f}'),
+      ('  of which lower (s)', lambda r: f'{r["lower_s"]:.2f}'),
+      ('step median (ms)', lambda r: f'{r["median_s"] * 1e3:.2f}'),
+      ('step p90 (ms)', lambda r: f'{r["p90_s"] * 1e3:.2f}'),
+      ('images/s', lambda r: f'{r["images_per_s"]:.1f}'),
+      ('XLA FLOPs/step (per device)', lambda r: si(r['flops'], 'FLOP')),
+      ('achieved FLOP/s (per device)',
+       lambda r: si(r['flops_per_s'], 'FLOP/s')),
+      ('peak memory, cumulative', lambda r: si(r['memory'], 'B')),
+  )
+  width = 30
+  lines = [f'{"":<{width}}' + ''.join(f'{k:>16}' for k in rows)]
+  for label, fmt in spec:
+    lines.append(f'{label:<{width}}' + ''.join(
+        f'{fmt(r):>16}' for r in rows.values()))
+  labels = sorted({r['memory_label'] for r in rows.values()})
+  lines.append(f'(peak memory: {", ".join(labels)})')
+  return '\n'.join(lines)

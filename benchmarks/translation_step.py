@@ -27,7 +27,6 @@ config field can be overridden, e.g. ``--config.model.exchange=none``.
 """
 
 import dataclasses
-import resource
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -166,29 +165,6 @@ def random_batch(config: ml_collections.ConfigDict, size: tuple[int, int],
   return parallel.global_batch(local, mesh)
 
 
-def flops_of(compiled: Any) -> float | None:
-  """FLOPs of one call from XLA's cost analysis (dict, or list of dicts)."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None  # Some backends do not implement it.
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or 'flops' not in cost:
-    return None
-  return float(cost['flops'])
-
-
-def peak_memory() -> tuple[float, str]:
-  """(bytes, what): device peak where reported, else the process max RSS."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return float(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
-  # ru_maxrss is in KiB on Linux.
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
-  return float(rss), 'process max RSS (host)'
-
-
 def time_compiled(call: Callable[[], Any], timing: Timing) -> np.ndarray:
   """Seconds of each of the timed calls, after the untimed ones."""
   for _ in range(timing.warmup):
@@ -218,9 +194,9 @@ def measure(jitted, args: tuple[Any, ...], *, donates_state: bool,
     return out
 
   times = time_compiled(call, timing)
-  flops = flops_of(compiled)
+  flops = common.flops_of(compiled)
   median = float(np.median(times))
-  mem, mem_label = peak_memory()
+  mem, mem_label = common.peak_memory()
   return {
       'lower_s': lower_s, 'compile_s': compile_s, 'median_s': median,
       'p90_s': float(np.percentile(times, 90)),
@@ -262,38 +238,6 @@ def benchmark(config: ml_collections.ConfigDict, size: tuple[int, int], *,
   return task, rows
 
 
-def _si(value: float | None, unit: str) -> str:
-  if value is None:
-    return 'n/a'
-  for prefix, scale in (('T', 1e12), ('G', 1e9), ('M', 1e6), ('k', 1e3)):
-    if abs(value) >= scale:
-      return f'{value / scale:.2f} {prefix}{unit}'
-  return f'{value:.2f} {unit}'
-
-
-def table(rows: dict[str, dict[str, Any]]) -> str:
-  """The results, one column per measured step (as ``train_step.py``)."""
-  spec = (
-      ('lower + compile (s)', lambda r: f'{r["compile_s"]:.2f}'),
-      ('  of which lower (s)', lambda r: f'{r["lower_s"]:.2f}'),
-      ('step median (ms)', lambda r: f'{r["median_s"] * 1e3:.2f}'),
-      ('step p90 (ms)', lambda r: f'{r["p90_s"] * 1e3:.2f}'),
-      ('images/s', lambda r: f'{r["images_per_s"]:.1f}'),
-      ('XLA FLOPs/step (per device)', lambda r: _si(r['flops'], 'FLOP')),
-      ('achieved FLOP/s (per device)',
-       lambda r: _si(r['flops_per_s'], 'FLOP/s')),
-      ('peak memory, cumulative', lambda r: _si(r['memory'], 'B')),
-  )
-  width = 30
-  lines = [f'{"":<{width}}' + ''.join(f'{k:>16}' for k in rows)]
-  for label, fmt in spec:
-    lines.append(f'{label:<{width}}' + ''.join(
-        f'{fmt(r):>16}' for r in rows.values()))
-  labels = sorted({r['memory_label'] for r in rows.values()})
-  lines.append(f'(peak memory: {", ".join(labels)})')
-  return '\n'.join(lines)
-
-
 def header(config: ml_collections.ConfigDict, size: tuple[int, int],
            variables: Any, timing: Timing, argv: Sequence[str]) -> str:
   """The command, the machine, the networks and the batch."""
@@ -330,7 +274,7 @@ def main(argv):
   _, rows = benchmark(config, size, timing=timing, seed=_SEED.value,
                       with_eval=_EVAL.value)
   top = header(config, size, rows[TRAIN]['state'], timing, sys.argv)
-  print('\n'.join(['', top, '', table(rows), '']))
+  print('\n'.join(['', top, '', common.table(rows), '']))
 
 
 if __name__ == '__main__':

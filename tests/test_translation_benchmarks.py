@@ -4,6 +4,7 @@ from absl import app
 from etils import epath
 import pytest
 
+from benchmarks import common
 from benchmarks import translation_fusion as tf
 from benchmarks import translation_step as ts
 from configs import translation_quickstart
@@ -111,7 +112,7 @@ def test_step_timing_on_a_tiny_model():
                             seed=0)
   assert list(rows) == ['train step', 'eval step']
   assert int(rows['train step']['state']['step']) == 3
-  text = ts.table(rows)
+  text = common.table(rows)
   lines = text.splitlines()
   assert lines[0].split() == ['train', 'step', 'eval', 'step']
   assert [line[:30].rstrip() for line in lines[1:-1]] == [

@@ -10,14 +10,36 @@ sampling, sharding, padding and batching here are the same for every task:
   task's transform blanks them and sets ``valid=False``).
 """
 
+import pathlib
 from typing import Any, Sequence
 
 import grain
 import numpy as np
+import tensorflow_datasets as tfds
 
 # Keys set on every record that ``PaddedSource`` returns.
 PADDING_KEY = '_padding'
 INDEX_KEY = '_index'
+
+
+def prepared_source(name: str, split: str, *,
+                    data_dir: str | pathlib.Path):
+  """The array_record data source of a dataset built in ``data_dir``.
+
+  Raises:
+    FileNotFoundError: the dataset is not prepared there (the message says
+      how to build it).
+  """
+  hint = (f'dataset {name!r} is not prepared in {data_dir}; build it with '
+          f'data.prepare({name!r}, data_dir=..., manual_dir=...)')
+  try:
+    builder = tfds.builder(name, data_dir=str(data_dir),
+                           file_format='array_record')
+  except ValueError as e:
+    raise FileNotFoundError(f'{hint} ({e})') from e
+  if not builder.is_prepared():
+    raise FileNotFoundError(hint)
+  return builder.as_data_source(split=split)
 
 
 def is_padding(element: dict[str, Any]) -> bool:

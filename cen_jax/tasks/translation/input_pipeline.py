@@ -48,7 +48,6 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 from PIL import Image
-import tensorflow_datasets as tfds
 
 from cen_jax.training import loaders
 import data
@@ -79,16 +78,7 @@ def get_source(name: str, split: str, *, data_dir: str | pathlib.Path):
   """
   if name.partition('/')[0] in _GENERATED:
     data.prepare(name, data_dir=data_dir)
-  hint = (f'dataset {name!r} is not prepared in {data_dir}; build it with '
-          f'data.prepare({name!r}, data_dir=..., manual_dir=...)')
-  try:
-    builder = tfds.builder(name, data_dir=str(data_dir),
-                           file_format='array_record')
-  except ValueError as e:
-    raise FileNotFoundError(f'{hint} ({e})') from e
-  if not builder.is_prepared():
-    raise FileNotFoundError(hint)
-  return builder.as_data_source(split=split)
+  return loaders.prepared_source(name, split, data_dir=data_dir)
 
 
 def domains(source) -> tuple[str, ...]:
