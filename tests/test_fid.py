@@ -1,7 +1,6 @@
 """FID Inception, FID and KID against pytorch-fid and worked answers."""
 
 import functools
-import importlib.util
 import sys
 
 import flax
