@@ -40,6 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.bn_epsilon = 1e-5  # PyTorch default.
   c.model.dropout_rate = 0.5  # On l4, l3 and the final decoder feature.
   c.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
+  # How conv weight gradients and max-pools are computed (same parameters
+  # and numbers): 'auto' = the CPU formulation on CPU (shifted matmuls,
+  # separable pooling; cen_jax/core/kernels.py), XLA's own on GPU/TPU;
+  # 'xla' or 'cpu' force one.
+  c.model.kernels = 'auto'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'nyud_v2'  # TFDS builder (data/): nyud_v2, sunrgbd, ...

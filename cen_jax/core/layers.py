@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cen_jax.core import kernels as kernels_lib
+
 # PyTorch's default Conv2d init: kaiming_uniform(a=sqrt(5)) for the kernel,
 # i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias.
 torch_kernel_init = nn.initializers.variance_scaling(
@@ -35,18 +37,23 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 def conv(features: int, kernel: int, *, in_features: int, stride: int = 1,
          use_bias: bool = False, dtype: Any = jnp.float32,
-         name: str | None = None) -> nn.Conv:
+         kernels: str = 'auto', name: str | None = None) -> nn.Conv:
   """A shared ``kernel x kernel`` conv with PyTorch's padding and init.
 
   Padding is ``kernel // 2`` on each side, as every conv in the official
   model uses, so stride-2 layers ceil-divide the size like PyTorch.
+  ``kernels`` picks how its weight gradient is computed
+  (``cen_jax.core.kernels``); the parameters and the forward pass are the
+  same either way.
   """
   pad = kernel // 2
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride),
       padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
       param_dtype=jnp.float32, kernel_init=torch_kernel_init,
-      bias_init=torch_bias_init(in_features * kernel * kernel), name=name)
+      bias_init=torch_bias_init(in_features * kernel * kernel),
+      conv_general_dilated=kernels_lib.conv_general_dilated(kernels),
+      name=name)
 
 
 PrivateBatchNorm = nn.vmap(
@@ -68,11 +75,14 @@ def private_norm(*, use_running_average: bool, momentum: float,
       param_dtype=jnp.float32)
 
 
-def max_pool(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
-  """Max-pool of ``(N, H, W, C)`` with PyTorch's -inf padding of window//2."""
-  pad = window // 2
-  return nn.max_pool(x, (window, window), strides=(stride, stride),
-                     padding=((pad, pad), (pad, pad)))
+def max_pool(x: jnp.ndarray, window: int, stride: int,
+             kernels: str = 'auto') -> jnp.ndarray:
+  """Max-pool of ``(N, H, W, C)`` with PyTorch's -inf padding of window//2.
+
+  ``kernels`` picks the formulation (``cen_jax.core.kernels.max_pool``);
+  values and gradients are identical either way.
+  """
+  return kernels_lib.max_pool(x, window, stride, kernels)
 
 
 class InstanceNorm(nn.Module):

@@ -13,6 +13,7 @@ All functions take channels-last arrays ``(..., H, W, C)``.
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,11 +41,12 @@ def _linear_matrix(in_size: int, out_size: int,
 
 def _apply_separable(x: jnp.ndarray, wh: np.ndarray,
                      ww: np.ndarray) -> jnp.ndarray:
-  wh = jnp.asarray(wh, x.dtype)
-  ww = jnp.asarray(ww, x.dtype)
-  x = jnp.einsum('oh,...hwc->...owc', wh, x,
-                 precision='highest')
-  return jnp.einsum('pw,...owc->...opc', ww, x, precision='highest')
+  with jax.named_scope('resize'):
+    wh = jnp.asarray(wh, x.dtype)
+    ww = jnp.asarray(ww, x.dtype)
+    x = jnp.einsum('oh,...hwc->...owc', wh, x,
+                   precision='highest')
+    return jnp.einsum('pw,...owc->...opc', ww, x, precision='highest')
 
 
 def resize_bilinear(x: jnp.ndarray, size: tuple[int, int], *,

@@ -48,12 +48,13 @@ def segmentation_losses(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray,
     ``ce_total`` is the sum of all M + 1 terms (the official task loss; the
     L1 term is added by the optimiser, ``segmentation.optim``).
   """
-  per_modality = jnp.stack([
-      cross_entropy(l, labels, ignore_index=ignore_index)
-      for l in outputs['modality_logits']
-  ])
-  ens = cross_entropy(outputs['ensemble_logits'], labels,
-                      ignore_index=ignore_index)
+  with jax.named_scope('loss'):
+    per_modality = jnp.stack([
+        cross_entropy(l, labels, ignore_index=ignore_index)
+        for l in outputs['modality_logits']
+    ])
+    ens = cross_entropy(outputs['ensemble_logits'], labels,
+                        ignore_index=ignore_index)
   return {
       'ce_modality': per_modality,
       'ce_ensemble': ens,

@@ -5,6 +5,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from cen_jax.core import exchange
+from cen_jax.core import kernels
 from cen_jax.tasks.segmentation.models.cen import BN_MODES, CEN, bn2_scales
 from cen_jax.tasks.segmentation.models.resnet import STAGE_SIZES
 
@@ -29,7 +30,8 @@ def build(model_config: Mapping[str, Any]) -> CEN:
 
   Fields: ``depth`` (50, 101, 152 or 'tiny'), ``num_classes``, ``width``,
   ``decoder_features``, ``exchange`` and ``exchange_kwargs``, ``bn_mode``,
-  ``bn_momentum``, ``bn_epsilon``, ``dropout_rate``, ``dtype``. See
+  ``bn_momentum``, ``bn_epsilon``, ``dropout_rate``, ``dtype``, ``kernels``.
+  See
   ``configs/default.py`` for their meaning and defaults.
   """
   cfg = dict(model_config)
@@ -46,4 +48,6 @@ def build(model_config: Mapping[str, Any]) -> CEN:
       bn_epsilon=cfg.get('bn_epsilon', 1e-5),
       dropout_rate=cfg.get('dropout_rate', 0.5),
       dtype=_choice(DTYPES, cfg.get('dtype', 'float32'), 'dtype'),
+      kernels=_choice({k: k for k in kernels.KERNELS},
+                      cfg.get('kernels', 'auto'), 'config.model.kernels'),
   )

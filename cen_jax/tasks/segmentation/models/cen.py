@@ -37,6 +37,9 @@ class CEN(nn.Module):
     bn_epsilon: BN epsilon.
     dropout_rate: decoder dropout in training.
     dtype: computation dtype (parameters stay float32; logits are float32).
+    kernels: how conv weight gradients and max-pools are computed
+      (``cen_jax.core.kernels``): ``'auto'`` (CPU formulation on the CPU,
+      XLA's elsewhere), ``'xla'`` or ``'cpu'``. Same parameters and numbers.
   """
   num_classes: int
   stage_sizes: Sequence[int]
@@ -48,6 +51,7 @@ class CEN(nn.Module):
   bn_epsilon: float = 1e-5
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False,
@@ -78,12 +82,12 @@ class CEN(nn.Module):
     ctx = exchange_lib.Context(train=train, step=step, progress=progress)
     feats = resnet.ResNetEncoder(
         self.stage_sizes, self.exchange, norm, width=self.width,
-        dtype=self.dtype, name='encoder')(x.astype(self.dtype), ctx)
+        dtype=self.dtype, kernels=self.kernels, name='encoder')(x.astype(self.dtype), ctx)
     # The decoder is fully shared and BN-free: fold M into the batch.
     feats = [f.reshape((-1,) + f.shape[2:]) for f in feats]
     logits = refinenet.RefineNetDecoder(
         self.num_classes, self.decoder_features, self.dropout_rate,
-        self.dtype, name='decoder')(feats, train=train)
+        self.dtype, self.kernels, name='decoder')(feats, train=train)
     logits = logits.astype(jnp.float32)
     logits = logits.reshape((num_modalities, batch) + logits.shape[1:])
     alpha = self.param('alpha', nn.initializers.ones, (num_modalities,),

@@ -15,9 +15,9 @@ from cen_jax.core import resize
 
 
 def _conv3x3(features: int, x: jnp.ndarray, name: str, dtype: Any,
-             use_bias: bool = False) -> jnp.ndarray:
+             kernels: str, use_bias: bool = False) -> jnp.ndarray:
   return layers.conv(features, 3, in_features=x.shape[-1], use_bias=use_bias,
-                     dtype=dtype, name=name)(x)
+                     dtype=dtype, kernels=kernels, name=name)(x)
 
 
 class RCUBlock(nn.Module):
@@ -29,15 +29,16 @@ class RCUBlock(nn.Module):
   features: int
   num_blocks: int
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     for i in range(1, self.num_blocks + 1):
       skip = nn.relu(x)
-      x = _conv3x3(self.features, skip, f'{i}_conv', self.dtype,
+      x = _conv3x3(self.features, skip, f'{i}_conv', self.dtype, self.kernels,
                    use_bias=True)
       x = _conv3x3(self.features, nn.relu(x), f'{i}_conv_relu_varout_dimred',
-                   self.dtype)
+                   self.dtype, self.kernels)
       x = x + skip
     return x
 
@@ -47,13 +48,15 @@ class CRPBlock(nn.Module):
   features: int
   num_stages: int = 4
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     top = x
     for k in range(1, self.num_stages + 1):
-      top = _conv3x3(self.features, layers.max_pool(top, 5, 1),
-                     f'{k}_outvar_dimred', self.dtype)
+      top = _conv3x3(self.features,
+                     layers.max_pool(top, 5, 1, self.kernels),
+                     f'{k}_outvar_dimred', self.dtype, self.kernels)
       x = x + top
     return x
 
@@ -70,24 +73,28 @@ class RefineNetDecoder(nn.Module):
     features: widths of the l4 path and of the other paths (512, 256).
     dropout_rate: dropout on l4, l3 and the final feature in training.
     dtype: computation dtype.
+    kernels: conv and pooling gradient formulation (``core.kernels``).
   """
   num_classes: int
   features: Sequence[int] = (512, 256)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   def _refine(self, level: jnp.ndarray, top: jnp.ndarray, g: int,
               final: bool) -> jnp.ndarray:
-    f = self.features[1]
-    x = _conv3x3(f, level, f'p_ims1d2_outl{g}_dimred', self.dtype)
-    x = RCUBlock(f, 2, self.dtype, name=f'adapt_stage{g}_b')(x)
-    x = _conv3x3(f, x, f'adapt_stage{g}_b2_joint_varout_dimred', self.dtype)
+    f, k = self.features[1], self.kernels
+    x = _conv3x3(f, level, f'p_ims1d2_outl{g}_dimred', self.dtype, k)
+    x = RCUBlock(f, 2, self.dtype, k, name=f'adapt_stage{g}_b')(x)
+    x = _conv3x3(f, x, f'adapt_stage{g}_b2_joint_varout_dimred', self.dtype,
+                 k)
     x = nn.relu(x + top)
-    x = CRPBlock(f, dtype=self.dtype, name=f'mflow_conv_g{g}_pool')(x)
-    x = RCUBlock(f, 3, self.dtype, name=f'mflow_conv_g{g}_b')(x)
+    x = CRPBlock(f, dtype=self.dtype, kernels=k,
+                 name=f'mflow_conv_g{g}_pool')(x)
+    x = RCUBlock(f, 3, self.dtype, k, name=f'mflow_conv_g{g}_b')(x)
     if not final:
       x = _conv3x3(f, x, f'mflow_conv_g{g}_b3_joint_varout_dimred',
-                   self.dtype)
+                   self.dtype, k)
     return x
 
   @nn.compact
@@ -97,16 +104,17 @@ class RefineNetDecoder(nn.Module):
     l1, l2, l3, l4 = feats
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     l4, l3 = drop(l4), drop(l3)
-    f0 = self.features[0]
-    x = _conv3x3(f0, l4, 'p_ims1d2_outl1_dimred', self.dtype)
-    x = nn.relu(RCUBlock(f0, 2, self.dtype, name='adapt_stage1_b')(x))
-    x = CRPBlock(f0, dtype=self.dtype, name='mflow_conv_g1_pool')(x)
-    x = RCUBlock(f0, 3, self.dtype, name='mflow_conv_g1_b')(x)
+    f0, k = self.features[0], self.kernels
+    x = _conv3x3(f0, l4, 'p_ims1d2_outl1_dimred', self.dtype, k)
+    x = nn.relu(RCUBlock(f0, 2, self.dtype, k, name='adapt_stage1_b')(x))
+    x = CRPBlock(f0, dtype=self.dtype, kernels=k,
+                 name='mflow_conv_g1_pool')(x)
+    x = RCUBlock(f0, 3, self.dtype, k, name='mflow_conv_g1_b')(x)
     x = _conv3x3(self.features[1], x, 'mflow_conv_g1_b3_joint_varout_dimred',
-                 self.dtype)
+                 self.dtype, k)
     x = self._refine(l3, _upsample_to(x, l3), 2, final=False)
     x = self._refine(l2, _upsample_to(x, l2), 3, final=False)
     x = self._refine(l1, _upsample_to(x, l1), 4, final=True)
     x = drop(x)
-    return _conv3x3(self.num_classes, x, 'clf_conv', self.dtype,
+    return _conv3x3(self.num_classes, x, 'clf_conv', self.dtype, k,
                     use_bias=True)

@@ -7,9 +7,11 @@ training and evaluation alike (reference §2.2-2.3).
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cen_jax.core import exchange as exchange_lib
@@ -45,6 +47,7 @@ class Bottleneck(nn.Module):
     exchange: the ``cen_jax.core.exchange.Exchange`` applied after bn2.
     norm: private BatchNorm factory.
     dtype: computation dtype of the convs.
+    kernels: conv and pooling gradient formulation (``core.kernels``).
   """
   planes: int
   stride: int
@@ -53,17 +56,19 @@ class Bottleneck(nn.Module):
   exchange: exchange_lib.Exchange
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray,
                ctx: exchange_lib.Context | None = None) -> jnp.ndarray:
     cin = x.shape[-1]
     out = self.planes * EXPANSION
-    y = layers.conv(self.planes, 1, in_features=cin, dtype=self.dtype,
-                    name='conv1')(x)
+    conv = functools.partial(layers.conv, dtype=self.dtype,
+                             kernels=self.kernels)
+    y = conv(self.planes, 1, in_features=cin, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = layers.conv(self.planes, 3, in_features=self.planes,
-                    stride=self.stride, dtype=self.dtype, name='conv2')(y)
+    y = conv(self.planes, 3, in_features=self.planes, stride=self.stride,
+             name='conv2')(y)
     bn2 = self.norm(name='bn2')
     y = bn2(y)
     self.sow('intermediates', 'bn2_out', y)
@@ -71,16 +76,16 @@ class Bottleneck(nn.Module):
       # A key per step (the stream's root is the step's) and per site (the
       # module path).
       ctx = dataclasses.replace(ctx, rng=self.make_rng('exchange'))
-    y = self.exchange(y, bn2.variables['params']['scale'], site=self.site,
-                      ctx=ctx)
+    with jax.named_scope('exchange'):
+      y = self.exchange(y, bn2.variables['params']['scale'], site=self.site,
+                        ctx=ctx)
     self.sow('intermediates', 'bn2_exchanged', y)
     y = nn.relu(y)
-    y = layers.conv(out, 1, in_features=self.planes, dtype=self.dtype,
-                    name='conv3')(y)
+    y = conv(out, 1, in_features=self.planes, name='conv3')(y)
     y = self.norm(name='bn3')(y)
     if self.downsample:
-      x = layers.conv(out, 1, in_features=cin, stride=self.stride,
-                      dtype=self.dtype, name='downsample_conv')(x)
+      x = conv(out, 1, in_features=cin, stride=self.stride,
+               name='downsample_conv')(x)
       x = self.norm(name='downsample_bn')(x)
     return nn.relu(y + x)
 
@@ -94,12 +99,14 @@ class ResNetEncoder(nn.Module):
     norm: private BatchNorm factory (decides frozen or batch statistics).
     width: stem width and planes of stage 1 (64 in every official model).
     dtype: computation dtype of the convs.
+    kernels: conv and pooling gradient formulation (``core.kernels``).
   """
   stage_sizes: Sequence[int]
   exchange: exchange_lib.Exchange
   norm: Callable[..., nn.Module]
   width: int = 64
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray,
@@ -109,10 +116,10 @@ class ResNetEncoder(nn.Module):
     ``ctx`` is handed to the exchange at every bn2.
     """
     x = layers.conv(self.width, 7, in_features=x.shape[-1], stride=2,
-                    dtype=self.dtype, name='conv1')(x)
+                    dtype=self.dtype, kernels=self.kernels, name='conv1')(x)
     x = nn.relu(self.norm(name='bn1')(x))
     lead = x.shape[:2]
-    x = layers.max_pool(x.reshape((-1,) + x.shape[2:]), 3, 2)
+    x = layers.max_pool(x.reshape((-1,) + x.shape[2:]), 3, 2, self.kernels)
     x = x.reshape(lead + x.shape[1:])
     self.sow('intermediates', 'stem', x)
     features = []
@@ -126,6 +133,7 @@ class ResNetEncoder(nn.Module):
             exchange=self.exchange,
             norm=self.norm,
             dtype=self.dtype,
+            kernels=self.kernels,
             name=module_name(s + 1, i))(x, ctx)
       self.sow('intermediates', f'l{s + 1}', x)
       features.append(x)

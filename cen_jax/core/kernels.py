@@ -1,0 +1,220 @@
+"""Backend-specific formulations of the shared conv's and max-pool's gradients.
+
+XLA:CPU differentiates two of CEN's hot ops slowly:
+
+* the *weight gradient* of a convolution (a convolution over the batch
+  dimension) runs at a fraction of matmul speed: for the decoder's
+  3x3, 256->256 conv on 4x60x80 it takes 2.3-2.9 s, while the same sum
+  written as ``kh * kw`` matmuls of shifted input windows takes 0.57 s;
+* the gradient of a max-pool goes through ``select_and_scatter``, which for
+  the RefineNet CRP blocks' 5x5 stride-1 pools is 4x slower than a separable
+  formulation.
+
+``'cpu'`` kernels replace exactly these gradients, keeping the forward pass
+(``lax.conv_general_dilated``, XLA's convolution) and the input gradient
+(XLA's transposed convolution) as they are; ``'xla'`` kernels are the plain
+formulation XLA differentiates itself. ``'auto'`` picks ``'cpu'`` when JAX's
+default backend is the CPU and ``'xla'`` on GPU and TPU, where XLA's own
+gradients are fast (cuDNN, the TPU's convolution units). Both produce the
+same numbers up to float summation order (tests/test_kernels.py checks this
+on the CPU), and the max-pool gradients are identical, including ties: the
+gradient of each window goes to its first maximum in row-major order, which
+is what XLA's ``select_and_scatter`` (with ``>=``) and PyTorch's max-pool do.
+"""
+
+import functools
+from typing import Any
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+KERNELS = ('auto', 'xla', 'cpu')
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve(kernels: str) -> str:
+  """``'xla'`` or ``'cpu'``: what ``kernels`` means on the default backend."""
+  if kernels not in KERNELS:
+    raise ValueError(
+        f'config.model.kernels must be one of {KERNELS}, got {kernels!r}')
+  if kernels == 'auto':
+    return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
+  return kernels
+
+
+# ---------------------------------------------------------------------------
+# Convolution: XLA forward and input gradient, shifted-matmul weight gradient.
+
+
+def _conv(x, w, strides, padding):
+  return lax.conv_general_dilated(x, w, strides, padding,
+                                  dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_shifted_wgrad(x, w, strides, padding):
+  return _conv(x, w, strides, padding)
+
+
+def _conv_fwd(x, w, strides, padding):
+  return _conv(x, w, strides, padding), (x, w)
+
+
+def _weight_grad(x, g, kernel_shape, strides, padding):
+  """``dL/dw`` as one matmul per kernel tap over the strided input window.
+
+  The gradient is transposed once, to ``(D, N*Ho*Wo)``, so that every tap
+  is a plain ``(D, P) @ (P, C)`` matmul reading the input window in its
+  natural channel-minor layout: transposing the input instead (per tap, or
+  once) makes XLA:CPU copy the activations and, along ResNet's residual
+  chain, recompute them inside the copy.
+  """
+  kh, kw = kernel_shape[:2]
+  (pt, pb), (pl, pr) = padding
+  sh, sw = strides
+  n, ho, wo, d = g.shape
+  c = x.shape[-1]
+  g_t = jnp.transpose(g.reshape(n * ho * wo, d))
+  matmul = functools.partial(jnp.dot, preferred_element_type=jnp.float32)
+  if (kh, kw) == (1, 1) and padding == ((0, 0), (0, 0)):
+    # A 1x1 conv: one matmul over the (strided) input pixels.
+    window = x if (sh, sw) == (1, 1) else x[:, ::sh, ::sw, :][:, :ho, :wo]
+    return jnp.transpose(matmul(g_t, window.reshape(-1, c)))[None, None]
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      window = lax.slice(
+          xp, (0, i, j, 0),
+          (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+      taps.append(matmul(g_t, window.reshape(-1, c)))
+  # (kh * kw, D, C) -> (kh, kw, C, D).
+  return jnp.transpose(jnp.stack(taps), (0, 2, 1)).reshape(kh, kw, c, d)
+
+
+def _conv_bwd(strides, padding, res, g):
+  x, w = res
+  with jax.named_scope('conv_input_grad'):
+    _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, strides, padding), x)
+    (dx,) = input_vjp(g)
+  with jax.named_scope('conv_weight_grad'):
+    dw = _weight_grad(x, g, w.shape, strides, padding).astype(w.dtype)
+  return dx, dw
+
+
+_conv_shifted_wgrad.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(kernels: str):
+  """A drop-in for ``lax.conv_general_dilated`` (``nn.Conv``'s argument).
+
+  With ``kernels`` resolving to ``'cpu'``, plain NHWC/HWIO convolutions
+  (no dilation, one feature group, default precision, explicit padding) get
+  the shifted-matmul weight gradient; anything else, and every conv with
+  ``'xla'``, is ``lax.conv_general_dilated`` itself.
+  """
+
+  def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
+           rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+           precision=None, **kwargs):
+    plain = (
+        resolve(kernels) == 'cpu' and not kwargs and precision is None
+        and feature_group_count == 1 and lhs.ndim == 4
+        and all(d in (None, 1) for d in (lhs_dilation or ()))
+        and all(d in (None, 1) for d in (rhs_dilation or ()))
+        and not isinstance(padding, str)
+        and _dims_are_nhwc(dimension_numbers, lhs.ndim)
+        # Wide kernels on few channels (the 7x7 RGB stem) are many thin
+        # matmuls: XLA's own gradient is faster there.
+        and rhs.shape[0] * rhs.shape[1] <= 9 and rhs.shape[2] >= 16)
+    if not plain:
+      return lax.conv_general_dilated(
+          lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+          rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+          feature_group_count=feature_group_count, precision=precision,
+          **kwargs)
+    return _conv_shifted_wgrad(
+        lhs, rhs, tuple(window_strides),
+        tuple(tuple(int(p) for p in pair) for pair in padding))
+
+  return conv
+
+
+def _dims_are_nhwc(dimension_numbers: Any, ndim: int) -> bool:
+  if dimension_numbers is None or ndim != 4:
+    return False
+  want = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _NHWC)
+  have = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1),
+                                    dimension_numbers)
+  return have == want
+
+
+# ---------------------------------------------------------------------------
+# Max-pool: separable, with the gradient to each window's first maximum.
+
+
+def _window_max_1d(x, axis, window, stride, pad):
+  """Max over ``window`` along ``axis`` of x padded with -inf; + the taps."""
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (pad, pad)
+  xp = jnp.pad(x, widths, constant_values=-jnp.inf)
+  n_out = (xp.shape[axis] - window) // stride + 1
+  taps = [lax.slice_in_dim(xp, k, k + stride * (n_out - 1) + 1, stride, axis)
+          for k in range(window)]
+  out = functools.reduce(jnp.maximum, taps)
+  return out, taps, xp.shape
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_1d(x, axis, window, stride, pad):
+  return _window_max_1d(x, axis, window, stride, pad)[0]
+
+
+def _max_1d_fwd(x, axis, window, stride, pad):
+  out = _window_max_1d(x, axis, window, stride, pad)[0]
+  return out, (x, out)
+
+
+def _max_1d_bwd(axis, window, stride, pad, res, g):
+  x, out = res
+  _, taps, padded_shape = _window_max_1d(x, axis, window, stride, pad)
+  taken = jnp.zeros(out.shape, bool)
+  n_out, zero = out.shape[axis], jnp.zeros((), g.dtype)
+  dxp = None
+  for k, tap in enumerate(taps):
+    pick = (tap == out) & ~taken
+    taken = taken | pick
+    # Tap k read padded positions k, k + stride, ...: put its share back
+    # there (interior padding spreads it by the stride).
+    widths = [(0, 0, 0)] * x.ndim
+    after = padded_shape[axis] - (k + stride * (n_out - 1) + 1)
+    widths[axis] = (k, after, stride - 1)
+    share = lax.pad(jnp.where(pick, g, zero), zero, widths)
+    dxp = share if dxp is None else dxp + share
+  dx = lax.slice_in_dim(dxp, pad, pad + x.shape[axis], 1, axis)
+  return (dx,)
+
+
+_max_1d.defvjp(_max_1d_fwd, _max_1d_bwd)
+
+
+def max_pool(x: jnp.ndarray, window: int, stride: int, kernels: str,
+             ) -> jnp.ndarray:
+  """PyTorch's ``MaxPool2d(window, stride, padding=window // 2)`` of NHWC.
+
+  ``'xla'``: ``reduce_window``, differentiated by ``select_and_scatter``.
+  ``'cpu'``: the maximum over columns, then over rows, each a chain of
+  shifted maxima whose gradient picks the first maximum of the window; the
+  two stages compose to the first maximum in row-major order, so both
+  forms give identical values and gradients.
+  """
+  pad = window // 2
+  with jax.named_scope('max_pool'):
+    if resolve(kernels) == 'xla':
+      return lax.reduce_window(
+          x, -jnp.inf, lax.max, (1, window, window, 1),
+          (1, stride, stride, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    y = _max_1d(x, x.ndim - 2, window, stride, pad)
+    return _max_1d(y, x.ndim - 3, window, stride, pad)
+
