@@ -20,6 +20,7 @@ GPU and TPU; any config field can also be overridden, e.g.
 ``--config.model.exchange=none``.
 """
 
+import json
 import shlex
 import sys
 import time
@@ -33,6 +34,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from benchmarks import common
 from cen_jax import tasks
 from cen_jax.tasks.segmentation import models
 from cen_jax.training import loop
@@ -56,6 +58,8 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps before timing.')
 _EVAL = flags.DEFINE_bool('eval', False, 'Also time the forward eval step.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and the batch.')
+_JSON_OUT = flags.DEFINE_string(
+    'json_out', None, 'Also write the measured rows as JSON to this file.')
 
 # The schedules need an epoch length; it changes learning rates, not speed.
 _NOMINAL_STEPS_PER_EPOCH = 100
@@ -197,6 +201,10 @@ def main(argv):
         loop.jit_eval_step(task, mesh), (variables, batch),
         donates_state=False, batch_size=batch_size)
   print('\n'.join(['', top, '', common.table(rows), '']))
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, 'w') as f:
+      json.dump({name: {k: v for k, v in row.items() if k != 'state'}
+                 for name, row in rows.items()}, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,262 @@
+r"""Our train step against the official PyTorch one, side by side in one run.
+
+  python -m benchmarks.vs_official --official=PATH
+
+PATH is a checkout of the official code (https://github.com/yikaiw/CEN); its
+``semantic_segmentation/models`` is imported from there (nothing of it lives
+in this repository) and needs only torch: its ``utils.helpers``, which wants
+OpenCV and matplotlib for the official data loading, is replaced by a stand-in
+whose only name, ``maybe_download``, building a model never calls.
+
+Both sides run the official recipe's training step at the same setting
+(default: ResNet-101, batch 2, the config's modalities (2), 240x320, 40
+classes, frozen BN, exchange at threshold 2e-2, random inputs and labels with
+5% void). The official step is the loop body of ``train()`` in the official
+``main.py``: forward, per output a bilinear upsampling to the label size,
+``LogSoftmax`` + ``NLLLoss(ignore_index=255)`` plus ``lamda`` times the L1 norm
+of the bn2 scale halves, ``zero_grad``, ``backward`` and the encoder and decoder
+SGD steps (stage-1 learning rates, momentum 0.9, weight decay 1e-5), with the
+BN modules in eval mode (``FREEZE_BN``). Ours is the jitted, donating
+``loop.jit_train_step`` that ``main.py`` trains with (as in
+``benchmarks/train_step.py``). They alternate: ``--rounds`` rounds of
+``--steps`` official steps then ``--steps`` of ours, after ``--warmup`` untimed
+steps each, so drift on a noisy machine hits both alike; ``--eval`` also times
+the forward passes (official ``model.eval()`` under ``no_grad``, ours the
+jitted eval step).
+
+Printed: the command and versions, both medians (and p90), ours' per-op
+category breakdown from the profiler (``benchmarks/op_breakdown.py``) and,
+last, ``ratio ours/official: X`` (median over median of the train step).
+Any config override applies to ours, e.g. ``--config.model.kernels=xla``.
+"""
+
+import os
+import re
+import sys
+import time
+import types
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from benchmarks import common
+from benchmarks import op_breakdown
+from benchmarks import train_step
+from cen_jax.training import loop
+from cen_jax.training import state as state_lib
+
+_OFFICIAL = flags.DEFINE_string(
+    'official', None, 'Path of a checkout of the official CEN repository.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds.')
+_NUM_THREADS = flags.DEFINE_integer(
+    'torch_threads', None, "torch.set_num_threads; default: torch's (cores).")
+_BREAKDOWN = flags.DEFINE_bool(
+    'breakdown', True, "Profile one of our steps by op category.")
+
+# The official recipe (config.py of its semantic_segmentation).
+_LR_ENC, _LR_DEC, _MOMENTUM, _WEIGHT_DECAY = 5e-4, 3e-3, 0.9, 1e-5
+_LAMDA, _BN_THRESHOLD, _IGNORE = 2e-4, 2e-2, 255
+_DEFAULTS = {'depth': '101', 'batch_size': 2, 'resolution': ['240', '320'],
+             'steps': 3, 'warmup': 1}
+_DEFAULT_CONFIG = 'configs/nyud_cen.py'
+
+
+def import_official(path: str) -> Any:
+  """The official ``semantic_segmentation/models/model.py`` module."""
+  root = os.path.join(os.path.expanduser(path), 'semantic_segmentation')
+  model_py = os.path.join(root, 'models', 'model.py')
+  if not os.path.isfile(model_py):
+    raise app.UsageError(
+        f'--official={path}: no {model_py}; give the root of a checkout of '
+        'https://github.com/yikaiw/CEN')
+  # Its utils package imports OpenCV/matplotlib for data loading; the model
+  # file needs only maybe_download (for ImageNet weights, not used here).
+  helpers = types.ModuleType('utils.helpers')
+
+  def maybe_download(*args, **kwargs):
+    raise RuntimeError('vs_official never downloads weights')
+
+  helpers.maybe_download = maybe_download
+  utils = types.ModuleType('utils')
+  utils.__path__ = []
+  utils.helpers = helpers
+  sys.modules.setdefault('utils', utils)
+  sys.modules.setdefault('utils.helpers', helpers)
+  sys.path.insert(0, root)
+  try:
+    import models.model as official  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  finally:
+    sys.path.remove(root)
+  return official
+
+
+class OfficialStep:
+  """The official training step (``train()``'s loop body) on fixed tensors."""
+
+  def __init__(self, official: Any, depth: int, num_classes: int,
+               inputs: np.ndarray, label: np.ndarray):
+    import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    self.torch = torch
+    torch.manual_seed(0)
+    num_parallel = inputs.shape[1]
+    self.model = official.refinenet(depth, num_classes, num_parallel,
+                                    _BN_THRESHOLD)
+    enc, dec, self.slim = [], [], []
+    for name, param in self.model.named_parameters():
+      (enc if re.match('.*conv1.*|.*bn1.*|.*layer.*', name) else
+       dec).append(param)
+      if param.requires_grad and name.endswith('weight') and 'bn2' in name:
+        half = len(param) // 2
+        self.slim.append(param[:half] if len(self.slim) % 2 == 0 else
+                         param[half:])
+    self.optims = [
+        torch.optim.SGD(enc, lr=_LR_ENC, momentum=_MOMENTUM,
+                        weight_decay=_WEIGHT_DECAY),
+        torch.optim.SGD(dec, lr=_LR_DEC, momentum=_MOMENTUM,
+                        weight_decay=_WEIGHT_DECAY)]
+    # (B, M, H, W, 3) -> M tensors (B, 3, H, W).
+    self.inputs = [torch.from_numpy(np.ascontiguousarray(
+        inputs[:, m].transpose(0, 3, 1, 2))) for m in range(num_parallel)]
+    self.target = torch.from_numpy(label.astype(np.int64))
+    self.criterion = torch.nn.NLLLoss(ignore_index=_IGNORE)
+
+  def train_step(self) -> float:
+    torch, nn = self.torch, self.torch.nn
+    self.model.train()
+    for module in self.model.modules():  # FREEZE_BN.
+      if isinstance(module, nn.BatchNorm2d):
+        module.eval()
+    outputs, _ = self.model(self.inputs)
+    loss = 0
+    for output in outputs:
+      output = nn.functional.interpolate(
+          output, size=self.target.shape[1:], mode='bilinear',
+          align_corners=False)
+      loss += self.criterion(torch.log_softmax(output, dim=1), self.target)
+      loss += _LAMDA * sum(torch.abs(p).sum() for p in self.slim)
+    for optim in self.optims:
+      optim.zero_grad()
+    loss.backward()
+    for optim in self.optims:
+      optim.step()
+    return float(loss)
+
+  def eval_forward(self) -> Any:
+    self.model.eval()
+    with self.torch.no_grad():
+      return self.model(self.inputs)
+
+
+def _seconds(call: Callable[[], Any], count: int) -> list[float]:
+  times = []
+  for _ in range(count):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def _stats(times: list[float]) -> str:
+  return (f'{np.median(times):9.2f} s median, {np.percentile(times, 90):6.2f}'
+          f' s p90, {len(times)} steps')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not _OFFICIAL.value:
+    raise app.UsageError('--official=PATH (a checkout of yikaiw/CEN) is '
+                         'required')
+  official = import_official(_OFFICIAL.value)
+  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  if _NUM_THREADS.value:
+    torch.set_num_threads(_NUM_THREADS.value)
+
+  config = train_step.bench_config(train_step._CONFIG.value)  # pylint: disable=protected-access
+  size = train_step.resolution(config)
+  task, trainer, mesh = train_step.make_task(config)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(0))
+  state = loop.create_state(trainer, mesh,
+                            jax.jit(task.init_variables)(init_rng))
+  batch = train_step.random_batch(config, size, mesh, 0)
+  host = jax.device_get(batch)
+  depth = int(config.model.depth)
+  theirs = OfficialStep(official, depth, config.model.num_classes,
+                        np.asarray(host['inputs']), np.asarray(host['label']))
+
+  start = time.perf_counter()
+  compiled = loop.jit_train_step(trainer, mesh).lower(
+      state, batch, dropout_rng).compile()
+  compile_s = time.perf_counter() - start
+  holder = [state]
+
+  def ours_step():
+    holder[0], *rest = compiled(holder[0], batch, dropout_rng)
+    jax.block_until_ready((holder[0], rest))
+
+  eval_calls = None
+  if train_step._EVAL.value:  # pylint: disable=protected-access
+    eval_compiled = loop.jit_eval_step(task, mesh).lower(
+        state_lib.subtree(state, loop.abstract_variables(task)),
+        batch).compile()
+
+    def ours_eval():
+      variables = state_lib.subtree(holder[0], loop.abstract_variables(task))
+      jax.block_until_ready(eval_compiled(variables, batch))
+
+    eval_calls = (theirs.eval_forward, ours_eval)
+
+  warmup, steps = train_step._WARMUP.value, train_step._STEPS.value  # pylint: disable=protected-access
+  _seconds(theirs.train_step, warmup)
+  _seconds(ours_step, warmup)
+  times = {'official': [], 'ours': [], 'official eval': [], 'ours eval': []}
+  for _ in range(_ROUNDS.value):
+    times['official'] += _seconds(theirs.train_step, steps)
+    times['ours'] += _seconds(ours_step, steps)
+    if eval_calls:
+      times['official eval'] += _seconds(eval_calls[0], steps)
+      times['ours eval'] += _seconds(eval_calls[1], steps)
+
+  lines = common.run_header('benchmarks.vs_official', sys.argv)
+  lines += [
+      f'torch {torch.__version__} ({torch.get_num_threads()} threads); '
+      f'official code: {os.path.abspath(os.path.expanduser(_OFFICIAL.value))}',
+      f'ResNet-{depth}, batch {config.optim.batch_size} x M '
+      f'{len(config.data.modalities)} x {size[0]}x{size[1]}, '
+      f'{config.model.num_classes} classes; ours: kernels '
+      f'{config.model.kernels}, dtype {config.model.dtype}, compile '
+      f'{compile_s:.1f} s; {warmup} warm-up + {_ROUNDS.value} rounds x '
+      f'{steps} steps each, alternating',
+      '']
+  for name, values in times.items():
+    if values:
+      label = name if 'eval' in name else f'{name} train step'
+      lines.append(f'{label:<24}{_stats(values)}')
+  if eval_calls:
+    lines.append(f'ratio ours/official, eval forward: '
+                 f'{np.median(times["ours eval"]) / np.median(times["official eval"]):.2f}')
+  if _BREAKDOWN.value:
+    totals, _ = op_breakdown.breakdown(compiled, lambda: (ours_step(),
+                                                          holder[0])[1])
+    lines += ['', 'ours, one train step by op category (profiler):',
+              op_breakdown.table(totals)]
+  ratio = np.median(times['ours']) / np.median(times['official'])
+  lines += ['', f'ratio ours/official: {ratio:.2f}']
+  print('\n'.join(lines))
+
+
+def _with_default_config(argv: list[str]) -> list[str]:
+  """``argv`` with ``--config=configs/nyud_cen.py`` unless one is given."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
+    return argv
+  return [argv[0], f'--config={_DEFAULT_CONFIG}'] + argv[1:]
+
+
+if __name__ == '__main__':
+  for _name, _value in _DEFAULTS.items():
+    flags.FLAGS.set_default(_name, _value)
+  sys.argv = _with_default_config(sys.argv)
+  app.run(main)
