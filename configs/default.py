@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   # separable pooling; cen_jax/core/kernels.py), XLA's own on GPU/TPU;
   # 'xla' or 'cpu' force one.
   c.model.kernels = 'auto'
+  # Recompute the encoder blocks' activations in the backward pass instead
+  # of storing them (less memory for larger batches or crops; same numbers).
+  c.model.remat_encoder = False
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'nyud_v2'  # TFDS builder (data/): nyud_v2, sunrgbd, ...

@@ -85,6 +85,12 @@ class Context:
   rng: Any = None
 
 
+# A pytree (``train`` static), so lifted transforms such as ``nn.remat`` can
+# take a Context as an argument.
+jax.tree_util.register_dataclass(
+    Context, data_fields=['step', 'progress', 'rng'], meta_fields=['train'])
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """An exchange rule and how to apply it.

@@ -30,8 +30,8 @@ def build(model_config: Mapping[str, Any]) -> CEN:
 
   Fields: ``depth`` (50, 101, 152 or 'tiny'), ``num_classes``, ``width``,
   ``decoder_features``, ``exchange`` and ``exchange_kwargs``, ``bn_mode``,
-  ``bn_momentum``, ``bn_epsilon``, ``dropout_rate``, ``dtype``, ``kernels``.
-  See
+  ``bn_momentum``, ``bn_epsilon``, ``dropout_rate``, ``dtype``, ``kernels``,
+  ``remat_encoder``. See
   ``configs/default.py`` for their meaning and defaults.
   """
   cfg = dict(model_config)
@@ -50,4 +50,5 @@ def build(model_config: Mapping[str, Any]) -> CEN:
       dtype=_choice(DTYPES, cfg.get('dtype', 'float32'), 'dtype'),
       kernels=_choice({k: k for k in kernels.KERNELS},
                       cfg.get('kernels', 'auto'), 'config.model.kernels'),
+      remat_encoder=bool(cfg.get('remat_encoder', False)),
   )

@@ -40,6 +40,8 @@ class CEN(nn.Module):
     kernels: how conv weight gradients and max-pools are computed
       (``cen_jax.core.kernels``): ``'auto'`` (CPU formulation on the CPU,
       XLA's elsewhere), ``'xla'`` or ``'cpu'``. Same parameters and numbers.
+    remat_encoder: recompute the encoder blocks' activations in the backward
+      pass (``nn.remat`` per Bottleneck) to save memory.
   """
   num_classes: int
   stage_sizes: Sequence[int]
@@ -52,6 +54,7 @@ class CEN(nn.Module):
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
   kernels: str = 'auto'
+  remat_encoder: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False,
@@ -82,7 +85,8 @@ class CEN(nn.Module):
     ctx = exchange_lib.Context(train=train, step=step, progress=progress)
     feats = resnet.ResNetEncoder(
         self.stage_sizes, self.exchange, norm, width=self.width,
-        dtype=self.dtype, kernels=self.kernels, name='encoder')(x.astype(self.dtype), ctx)
+        dtype=self.dtype, kernels=self.kernels, remat=self.remat_encoder,
+        name='encoder')(x.astype(self.dtype), ctx)
     # The decoder is fully shared and BN-free: fold M into the batch.
     feats = [f.reshape((-1,) + f.shape[2:]) for f in feats]
     logits = refinenet.RefineNetDecoder(

@@ -100,6 +100,9 @@ class ResNetEncoder(nn.Module):
     width: stem width and planes of stage 1 (64 in every official model).
     dtype: computation dtype of the convs.
     kernels: conv and pooling gradient formulation (``core.kernels``).
+    remat: recompute every Bottleneck's activations in the backward pass
+      instead of keeping them (``nn.remat``): less memory, one more forward
+      of the encoder; same numbers.
   """
   stage_sizes: Sequence[int]
   exchange: exchange_lib.Exchange
@@ -107,6 +110,7 @@ class ResNetEncoder(nn.Module):
   width: int = 64
   dtype: Any = jnp.float32
   kernels: str = 'auto'
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray,
@@ -123,9 +127,10 @@ class ResNetEncoder(nn.Module):
     x = x.reshape(lead + x.shape[1:])
     self.sow('intermediates', 'stem', x)
     features = []
+    block = nn.remat(Bottleneck) if self.remat else Bottleneck
     for s, num_blocks in enumerate(self.stage_sizes):
       for i in range(num_blocks):
-        x = Bottleneck(
+        x = block(
             planes=self.width * 2**s,
             stride=2 if (s > 0 and i == 0) else 1,
             downsample=i == 0,
