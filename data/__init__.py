@@ -14,7 +14,14 @@ and for image-to-image translation:
   translation code (``data/taskonomy.py``), a ``TaskonomyConfig`` for
   other domain sets or minimum sizes;
 * ``synthetic_taskonomy`` (configs ``default``, ``tiny``): generated
-  locally in that layout and built by the same code.
+  locally in that layout and built by the same code;
+
+and for multi-task learning (segmentation, depth and surface normals):
+
+* ``nyuv2_mtl``: NYUv2 at 288x384, 13 classes, from the ``.npy`` files
+  preprocessed by MTAN / LibMTL (``data/nyuv2_mtl.py``); it stores float32
+  ``image``, ``depth`` and ``normal`` as given and a uint8 ``label`` with
+  255 = ignore.
 
 The translation builders store ``images``, one uint8 (H, W, 3) PNG per
 domain in the order of ``info.metadata['domains']``, and ``name``; read them
@@ -35,6 +42,7 @@ import tensorflow_datasets as tfds
 
 from data import folder
 from data import nyud_v2
+from data import nyuv2_mtl
 from data import sunrgbd
 from data import synthetic_rgbd
 from data import synthetic_translation
@@ -47,6 +55,7 @@ BUILDERS = {
     'synthetic_rgbd': synthetic_rgbd.SyntheticRgbd,
     'taskonomy': taskonomy.Taskonomy,
     'synthetic_taskonomy': synthetic_translation.SyntheticTaskonomy,
+    'nyuv2_mtl': nyuv2_mtl.Nyuv2Mtl,
 }
 
 
