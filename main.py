@@ -22,6 +22,13 @@ overridden: ``--config.optim.batch_size=12``.
     --mode=export --output=exported/ --export_size=480,640
 """
 
+if __name__ == '__main__':
+  # Restart once with glibc settings that keep freed memory (before the
+  # heavy imports): every CPU step would otherwise page-fault its buffers in
+  # again. See cen_jax/training/host_memory.py.
+  from cen_jax.training import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_kept_memory()
+
 import logging as pylogging
 import os
 

@@ -42,6 +42,7 @@ from benchmarks import common
 from cen_jax import tasks
 from cen_jax.tasks.translation import models
 from cen_jax.tasks.translation import task as task_lib
+from cen_jax.training import host_memory
 from cen_jax.training import loop
 from cen_jax.training import parallel
 from cen_jax.training import state as state_lib
@@ -278,4 +279,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_kept_memory()  # As main.py does.
   app.run(main)

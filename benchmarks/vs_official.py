@@ -45,6 +45,7 @@ import numpy as np
 from benchmarks import common
 from benchmarks import op_breakdown
 from benchmarks import train_step
+from cen_jax.training import host_memory
 from cen_jax.training import loop
 from cen_jax.training import state as state_lib
 
@@ -222,6 +223,9 @@ def main(argv):
 
   lines = common.run_header('benchmarks.vs_official', sys.argv)
   lines += [
+      'host malloc: ' + (', '.join(
+          f'{k}={os.environ[k]}' for k in host_memory.SETTINGS
+          if k in os.environ) or 'glibc defaults') + ' (both sides)',
       f'torch {torch.__version__} ({torch.get_num_threads()} threads); '
       f'official code: {os.path.abspath(os.path.expanduser(_OFFICIAL.value))}',
       f'ResNet-{depth}, batch {config.optim.batch_size} x M '
@@ -256,6 +260,7 @@ def _with_default_config(argv: list[str]) -> list[str]:
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_kept_memory()  # As main.py does.
   for _name, _value in _DEFAULTS.items():
     flags.FLAGS.set_default(_name, _value)
   sys.argv = _with_default_config(sys.argv)
