@@ -193,6 +193,18 @@ def test_best_with_mode_min_keeps_the_lowest_metric(tmp_path):
     checkpointing.Checkpointer(tmp_path, mode='lowest')
 
 
+def test_a_best_ranked_by_another_metric_is_a_clear_error(tmp_path):
+  """A workdir whose best was ranked by 'l1', reopened ranking by 'fid'."""
+  with checkpointing.Checkpointer(tmp_path, metric_name='l1',
+                                  mode='min') as ckpt:
+    assert ckpt.save_best(10, _state(10, 10), 0.25)
+  best_dir = tmp_path / 'checkpoints' / 'best'
+  with pytest.raises(ValueError, match=r"(?s)checkpoints/best.*\['l1'\].*"
+                     r"'fid'.*new workdir"):
+    checkpointing.Checkpointer(tmp_path, metric_name='fid', mode='min')
+  assert [p.name for p in best_dir.iterdir()] == ['10']  # Left as it was.
+
+
 def test_partial_restore_reads_only_the_weights(tmp_path):
   """Evaluation restores params and batch_stats, not the optimiser."""
   state = _state(3, 7)

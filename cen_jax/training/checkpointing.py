@@ -158,7 +158,15 @@ def _is_mismatch(error: Exception) -> bool:
                                 'Topology mismatch', 'available devices'))
 
 
-def _metric_value(metrics: Mapping[str, float], name: str) -> float:
+def _metric_value(metrics: Mapping[str, float], name: str,
+                  directory: epath.Path | None = None) -> float:
+  if name not in metrics:
+    raise ValueError(
+        f'{directory}: the best checkpoint there was ranked by '
+        f'{sorted(metrics)}, but this run ranks checkpoints by {name!r} (the '
+        "task's best metric; translation switches from 'l1' to 'fid' when "
+        'eval.inception_weights is set). Keep the run\'s original setting, '
+        'or train in a new workdir.')
   return metrics[name]
 
 
@@ -216,20 +224,22 @@ class Checkpointer:
     self._latest = _manager(
         root / _LATEST, ocp.checkpoint_managers.LatestN(n=keep_latest),
         async_save, read_only=read_only)
-    get_metric = functools.partial(_metric_value, name=metric_name)
+    get_metric = functools.partial(_metric_value, name=metric_name,
+                                   directory=root / _BEST)
     self._best = _manager(
         root / _BEST,
         ocp.checkpoint_managers.BestN(
             get_metric_fn=get_metric, n=1, reverse=mode == 'min',
             keep_checkpoints_without_metrics=False),
         async_save, best_fn=get_metric, best_mode=mode, read_only=read_only)
+    self._best_fn = get_metric
     self._best_value = self._stored_best_value()
 
   def _stored_best_value(self) -> float | None:
     step = self._best.best_step()
     if step is None:
       return None
-    return float(self._best.metrics(step)[self._metric_name])
+    return float(self._best_fn(self._best.metrics(step)))
 
   @property
   def latest_step(self) -> int | None:
