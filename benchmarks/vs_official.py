@@ -18,7 +18,9 @@ of the bn2 scale halves, ``zero_grad``, ``backward`` and the encoder and decoder
 SGD steps (stage-1 learning rates, momentum 0.9, weight decay 1e-5), with the
 BN modules in eval mode (``FREEZE_BN``). Ours is the jitted, donating
 ``loop.jit_train_step`` that ``main.py`` trains with (as in
-``benchmarks/train_step.py``). They alternate: ``--rounds`` rounds of
+``benchmarks/train_step.py``). The official side runs in a process of its own (as it does for real, and
+so that the two runtimes' thread pools and allocators do not interfere),
+fed the same batch. They alternate: ``--rounds`` rounds of
 ``--steps`` official steps then ``--steps`` of ours, after ``--warmup`` untimed
 steps each, so drift on a noisy machine hits both alike; ``--eval`` also times
 the forward passes (official ``model.eval()`` under ``no_grad``, ours the
@@ -30,9 +32,12 @@ last, ``ratio ours/official: X`` (median over median of the train step).
 Any config override applies to ours, e.g. ``--config.model.kernels=xla``.
 """
 
+import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import types
 from typing import Any, Callable
@@ -56,6 +61,9 @@ _NUM_THREADS = flags.DEFINE_integer(
     'torch_threads', None, "torch.set_num_threads; default: torch's (cores).")
 _BREAKDOWN = flags.DEFINE_bool(
     'breakdown', True, "Profile one of our steps by op category.")
+_WORKER = flags.DEFINE_string(
+    'official_worker', None, 'Internal: run the official side in this '
+    'process, on the batch in this .npz, taking commands on stdin.')
 
 # The official recipe (config.py of its semantic_segmentation).
 _LR_ENC, _LR_DEC, _MOMENTUM, _WEIGHT_DECAY = 5e-4, 3e-3, 0.9, 1e-5
@@ -160,6 +168,59 @@ def _seconds(call: Callable[[], Any], count: int) -> list[float]:
   return times
 
 
+def _worker(batch_file: str) -> None:
+  """The official side's process: 'train N' / 'eval N' -> one TIMES line."""
+  official = import_official(_OFFICIAL.value)
+  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  if _NUM_THREADS.value:
+    torch.set_num_threads(_NUM_THREADS.value)
+  data = np.load(batch_file)
+  step = OfficialStep(official, int(data['depth']), int(data['num_classes']),
+                      data['inputs'], data['label'])
+  calls = {'train': step.train_step, 'eval': step.eval_forward}
+  print('READY', torch.__version__, torch.get_num_threads(), flush=True)
+  for line in sys.stdin:
+    what, count = line.split()
+    print('TIMES', json.dumps(_seconds(calls[what], int(count))), flush=True)
+
+
+class OfficialProcess:
+  """The official step in its own process, as it runs for real.
+
+  A process of its own keeps torch's and XLA's thread pools and allocators
+  from interfering (measured: ours ran ~15% slower in the same process
+  right after torch steps).
+  """
+
+  def __init__(self, batch_file: str):
+    cmd = [sys.executable, '-m', 'benchmarks.vs_official',
+           f'--official={_OFFICIAL.value}', f'--official_worker={batch_file}']
+    if _NUM_THREADS.value:
+      cmd.append(f'--torch_threads={_NUM_THREADS.value}')
+    self._proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ready = self._read('READY')
+    self.torch_version, self.threads = ready[0], int(ready[1])
+
+  def _read(self, tag: str) -> list[str]:
+    for line in self._proc.stdout:
+      if line.startswith(tag + ' '):
+        return line.split(' ', 1)[1].split() if tag == 'READY' else [
+            line.split(' ', 1)[1]]
+    raise RuntimeError(f'the official worker exited ({self._proc.wait()}); '
+                       'its error is above')
+
+  def run(self, what: str, count: int) -> list[float]:
+    self._proc.stdin.write(f'{what} {count}\n')
+    self._proc.stdin.flush()
+    return json.loads(self._read('TIMES')[0])
+
+  def close(self) -> None:
+    self._proc.stdin.close()
+    self._proc.wait()
+
+
 def _stats(times: list[float]) -> str:
   return (f'{np.median(times):9.2f} s median, {np.percentile(times, 90):6.2f}'
           f' s p90, {len(times)} steps')
@@ -171,10 +232,9 @@ def main(argv):
   if not _OFFICIAL.value:
     raise app.UsageError('--official=PATH (a checkout of yikaiw/CEN) is '
                          'required')
-  official = import_official(_OFFICIAL.value)
-  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  if _NUM_THREADS.value:
-    torch.set_num_threads(_NUM_THREADS.value)
+  if _WORKER.value:
+    return _worker(_WORKER.value)
+  import_official(_OFFICIAL.value)  # Fails early on a wrong path.
 
   config = train_step.bench_config(train_step._CONFIG.value)  # pylint: disable=protected-access
   size = train_step.resolution(config)
@@ -185,8 +245,12 @@ def main(argv):
   batch = train_step.random_batch(config, size, mesh, 0)
   host = jax.device_get(batch)
   depth = int(config.model.depth)
-  theirs = OfficialStep(official, depth, config.model.num_classes,
-                        np.asarray(host['inputs']), np.asarray(host['label']))
+  tmp = tempfile.TemporaryDirectory()
+  batch_file = os.path.join(tmp.name, 'batch.npz')
+  np.savez(batch_file, inputs=np.asarray(host['inputs']),
+           label=np.asarray(host['label']), depth=depth,
+           num_classes=config.model.num_classes)
+  theirs = OfficialProcess(batch_file)
 
   start = time.perf_counter()
   compiled = loop.jit_train_step(trainer, mesh).lower(
@@ -208,26 +272,29 @@ def main(argv):
       variables = state_lib.subtree(holder[0], loop.abstract_variables(task))
       jax.block_until_ready(eval_compiled(variables, batch))
 
-    eval_calls = (theirs.eval_forward, ours_eval)
+    eval_calls = ours_eval
 
   warmup, steps = train_step._WARMUP.value, train_step._STEPS.value  # pylint: disable=protected-access
-  _seconds(theirs.train_step, warmup)
+  theirs.run('train', warmup)
   _seconds(ours_step, warmup)
   times = {'official': [], 'ours': [], 'official eval': [], 'ours eval': []}
   for _ in range(_ROUNDS.value):
-    times['official'] += _seconds(theirs.train_step, steps)
+    times['official'] += theirs.run('train', steps)
     times['ours'] += _seconds(ours_step, steps)
     if eval_calls:
-      times['official eval'] += _seconds(eval_calls[0], steps)
-      times['ours eval'] += _seconds(eval_calls[1], steps)
+      times['official eval'] += theirs.run('eval', steps)
+      times['ours eval'] += _seconds(eval_calls, steps)
+  theirs.close()
+  tmp.cleanup()
 
   lines = common.run_header('benchmarks.vs_official', sys.argv)
   lines += [
       'host malloc: ' + (', '.join(
           f'{k}={os.environ[k]}' for k in host_memory.SETTINGS
           if k in os.environ) or 'glibc defaults') + ' (both sides)',
-      f'torch {torch.__version__} ({torch.get_num_threads()} threads); '
-      f'official code: {os.path.abspath(os.path.expanduser(_OFFICIAL.value))}',
+      f'official: torch {theirs.torch_version} ({theirs.threads} threads), '
+      'in its own process; code: '
+      f'{os.path.abspath(os.path.expanduser(_OFFICIAL.value))}',
       f'ResNet-{depth}, batch {config.optim.batch_size} x M '
       f'{len(config.data.modalities)} x {size[0]}x{size[1]}, '
       f'{config.model.num_classes} classes; ours: kernels '
