@@ -12,7 +12,8 @@ def test_importing_registers_every_builder():
 
 
 def test_prepare_unknown_name_lists_choices(tmp_path):
-  with pytest.raises(ValueError, match=r"'nyu'.*\['nyud_v2', 'rgbd_folder'"):
+  with pytest.raises(ValueError,
+                     match=r"'nyu'.*\['nyud_v2', 'nyuv2_mtl', 'rgbd_folder'"):
     data.prepare('nyu', data_dir=tmp_path)
 
 
