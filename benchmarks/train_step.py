@@ -20,6 +20,11 @@ GPU and TPU; any config field can also be overridden, e.g.
 ``--config.model.exchange=none``.
 """
 
+if __name__ == '__main__':
+  # Restart before the heavy imports, as main.py does.
+  from cen_jax.training import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_kept_memory()
+
 import json
 import shlex
 import sys
@@ -37,7 +42,6 @@ import numpy as np
 from benchmarks import common
 from cen_jax import tasks
 from cen_jax.tasks.segmentation import models
-from cen_jax.training import host_memory
 from cen_jax.training import loop
 from cen_jax.training import parallel
 from cen_jax.training import state as state_lib
@@ -209,5 +213,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host_memory.reexec_with_kept_memory()  # As main.py does.
   app.run(main)

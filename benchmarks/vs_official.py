@@ -32,6 +32,11 @@ last, ``ratio ours/official: X`` (median over median of the train step).
 Any config override applies to ours, e.g. ``--config.model.kernels=xla``.
 """
 
+if __name__ == '__main__':
+  # Restart before the heavy imports, as main.py does.
+  from cen_jax.training import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_kept_memory()
+
 import json
 import os
 import re
@@ -73,14 +78,20 @@ _DEFAULTS = {'depth': '101', 'batch_size': 2, 'resolution': ['240', '320'],
 _DEFAULT_CONFIG = 'configs/nyud_cen.py'
 
 
-def import_official(path: str) -> Any:
-  """The official ``semantic_segmentation/models/model.py`` module."""
+def official_root(path: str) -> str:
+  """``<path>/semantic_segmentation``, checked to hold the official model."""
   root = os.path.join(os.path.expanduser(path), 'semantic_segmentation')
   model_py = os.path.join(root, 'models', 'model.py')
   if not os.path.isfile(model_py):
     raise app.UsageError(
         f'--official={path}: no {model_py}; give the root of a checkout of '
         'https://github.com/yikaiw/CEN')
+  return root
+
+
+def import_official(path: str) -> Any:
+  """The official ``semantic_segmentation/models/model.py`` module."""
+  root = official_root(path)
   # Its utils package imports OpenCV/matplotlib for data loading; the model
   # file needs only maybe_download (for ImageNet weights, not used here).
   helpers = types.ModuleType('utils.helpers')
@@ -234,7 +245,7 @@ def main(argv):
                          'required')
   if _WORKER.value:
     return _worker(_WORKER.value)
-  import_official(_OFFICIAL.value)  # Fails early on a wrong path.
+  official_root(_OFFICIAL.value)  # Fails early on a wrong path.
 
   config = train_step.bench_config(train_step._CONFIG.value)  # pylint: disable=protected-access
   size = train_step.resolution(config)
@@ -327,7 +338,6 @@ def _with_default_config(argv: list[str]) -> list[str]:
 
 
 if __name__ == '__main__':
-  host_memory.reexec_with_kept_memory()  # As main.py does.
   for _name, _value in _DEFAULTS.items():
     flags.FLAGS.set_default(_name, _value)
   sys.argv = _with_default_config(sys.argv)
