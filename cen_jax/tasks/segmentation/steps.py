@@ -98,7 +98,7 @@ def train_step(state: State, batch: dict[str, jnp.ndarray], rng: jax.Array,
       **{f'lr_{name}': fn(state['step']) for name, fn in lr_fns.items()},
   }
   overall = jnp.mean(jnp.stack(list(fractions.values())), axis=0)
-  per_stage = _per_stage(fractions)
+  per_stage = per_stage_fractions(fractions)
   for m, name in enumerate(modality_names):
     step_metrics[f'ce_{name}'] = ce['ce_modality'][m]
     step_metrics[f'alpha_{name}'] = alpha[m]
@@ -108,7 +108,7 @@ def train_step(state: State, batch: dict[str, jnp.ndarray], rng: jax.Array,
   return new_state, step_metrics
 
 
-def _per_stage(fractions: dict[str, jnp.ndarray]) -> jnp.ndarray:
+def per_stage_fractions(fractions: dict[str, jnp.ndarray]) -> jnp.ndarray:
   """``(4, M)``: mean exchanged fraction of the blocks of each stage."""
   stages = {}
   for site, frac in fractions.items():

@@ -1,6 +1,6 @@
 """The segmentation CEN and the factory that builds it from ``config.model``."""
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 
@@ -25,14 +25,18 @@ def _depth(depth: Any) -> Any:
   return int(depth) if str(depth).isdigit() else depth
 
 
-def build(model_config: Mapping[str, Any]) -> CEN:
+def build(model_config: Mapping[str, Any], *,
+          heads: Sequence[tuple[str, int]] = (),
+          stream_heads: Sequence[int] = ()) -> CEN:
   """Builds ``CEN`` from a ``config.model`` ConfigDict (or a plain dict).
 
   Fields: ``depth`` (50, 101, 152 or 'tiny'), ``num_classes``, ``width``,
   ``decoder_features``, ``exchange`` and ``exchange_kwargs``, ``bn_mode``,
   ``bn_momentum``, ``bn_epsilon``, ``dropout_rate``, ``dtype``, ``kernels``,
   ``remat_encoder``. See
-  ``configs/default.py`` for their meaning and defaults.
+  ``configs/default.py`` for their meaning and defaults. ``heads`` and
+  ``stream_heads`` make the multitask stream core (see ``CEN``); the
+  multitask task derives them from ``config.model.streams``.
   """
   cfg = dict(model_config)
   kwargs = dict(cfg.get('exchange_kwargs') or {})
@@ -51,4 +55,6 @@ def build(model_config: Mapping[str, Any]) -> CEN:
       kernels=_choice({k: k for k in kernels.KERNELS},
                       cfg.get('kernels', 'auto'), 'config.model.kernels'),
       remat_encoder=bool(cfg.get('remat_encoder', False)),
+      heads=tuple((str(n), int(c)) for n, c in heads),
+      stream_heads=tuple(int(h) for h in stream_heads),
   )

@@ -1,7 +1,15 @@
-"""The CEN segmentation network: shared ResNet + RefineNet, private BNs.
+"""The CEN dense-prediction network: shared ResNet + RefineNet, private BNs.
 
 ``CEN`` maps modality-major inputs ``(M, B, H, W, 3)`` to per-modality logits
 at 1/4 resolution and their learned softmax ensemble (reference §2.5).
+
+The same network is the *stream core* of the multitask scenarios
+(``cen_jax.tasks.multitask``): the leading axis then holds S streams, each an
+(input modality, task) pair; every conv is shared, every BN private to its
+stream, the exchange runs over all S, and ``heads`` adds one final conv per
+task, applied to that task's streams only, with a softmax ensemble per task.
+Multimodal segmentation is the case "M streams, one head" and keeps the
+official parameter names (``decoder/clf_conv``, ``alpha``).
 """
 
 from typing import Any, Sequence
@@ -42,6 +50,9 @@ class CEN(nn.Module):
       XLA's elsewhere), ``'xla'`` or ``'cpu'``. Same parameters and numbers.
     remat_encoder: recompute the encoder blocks' activations in the backward
       pass (``nn.remat`` per Bottleneck) to save memory.
+    heads: multitask heads ``((task, channels), ...)``; empty (default) is
+      the single-task network with ``num_classes`` outputs.
+    stream_heads: with ``heads``, the head index of each of the S streams.
   """
   num_classes: int
   stage_sizes: Sequence[int]
@@ -55,6 +66,8 @@ class CEN(nn.Module):
   dtype: Any = jnp.float32
   kernels: str = 'auto'
   remat_encoder: bool = False
+  heads: Sequence[tuple[str, int]] = ()
+  stream_heads: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False,
@@ -74,7 +87,9 @@ class CEN(nn.Module):
     Returns:
       ``'modality_logits'`` ``(M, B, ceil(H/4), ceil(W/4), K)``,
       ``'ensemble_logits'`` ``(B, ceil(H/4), ceil(W/4), K)`` and ``'alpha'``,
-      the softmax ensemble weights ``(M,)``. All float32.
+      the softmax ensemble weights ``(M,)``. All float32. With ``heads``:
+      ``'streams'`` ``{task: (S_t, B, h, w, C_t)}``, ``'ensemble'``
+      ``{task: (B, h, w, C_t)}`` and ``'alpha'`` ``{task: (S_t,)}``.
     """
     if self.bn_mode not in BN_MODES:
       raise ValueError(f'bn_mode {self.bn_mode!r} not in {BN_MODES}')
@@ -89,24 +104,47 @@ class CEN(nn.Module):
         name='encoder')(x.astype(self.dtype), ctx)
     # The decoder is fully shared and BN-free: fold M into the batch.
     feats = [f.reshape((-1,) + f.shape[2:]) for f in feats]
+    if self.heads:
+      if len(self.stream_heads) != num_modalities:
+        raise ValueError(f'{num_modalities} input streams but stream_heads '
+                         f'names {len(self.stream_heads)}')
+      outs = refinenet.RefineNetDecoder(
+          self.num_classes, self.decoder_features, self.dropout_rate,
+          self.dtype, self.kernels, heads=tuple(self.heads),
+          stream_heads=tuple(self.stream_heads),
+          name='decoder')(feats, train=train)
+      result = {'streams': {}, 'ensemble': {}, 'alpha': {}}
+      for task, _ in self.heads:
+        out = outs[task].astype(jnp.float32)
+        name = 'alpha' if len(self.heads) == 1 else f'alpha_{task}'
+        result['streams'][task] = out
+        result['ensemble'][task], result['alpha'][task] = self._ensemble(
+            out, name)
+      return result
     logits = refinenet.RefineNetDecoder(
         self.num_classes, self.decoder_features, self.dropout_rate,
         self.dtype, self.kernels, name='decoder')(feats, train=train)
     logits = logits.astype(jnp.float32)
     logits = logits.reshape((num_modalities, batch) + logits.shape[1:])
-    alpha = self.param('alpha', nn.initializers.ones, (num_modalities,),
-                       jnp.float32)
-    alpha_soft = jax.nn.softmax(alpha)
-    # The ensemble trains only alpha: the branch logits are detached.
-    detached = jax.lax.stop_gradient(logits)
-    ensemble = alpha_soft[0] * detached[0]
-    for m in range(1, num_modalities):
-      ensemble = ensemble + alpha_soft[m] * detached[m]
+    ensemble, alpha_soft = self._ensemble(logits, 'alpha')
     return {
         'modality_logits': logits,
         'ensemble_logits': ensemble,
         'alpha': alpha_soft,
     }
+
+  def _ensemble(self, outputs: jnp.ndarray,
+                name: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Softmax(alpha)-weighted sum of ``(N, ...)`` outputs; (sum, weights)."""
+    alpha = self.param(name, nn.initializers.ones, (outputs.shape[0],),
+                       jnp.float32)
+    alpha_soft = jax.nn.softmax(alpha)
+    # The ensemble trains only alpha: the branch outputs are detached.
+    detached = jax.lax.stop_gradient(outputs)
+    ensemble = alpha_soft[0] * detached[0]
+    for m in range(1, outputs.shape[0]):
+      ensemble = ensemble + alpha_soft[m] * detached[m]
+    return ensemble, alpha_soft
 
 
 def bn2_scales(params: Any) -> dict[str, jnp.ndarray]:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from cen_jax.core import layers
 from cen_jax.core import resize
@@ -74,12 +75,19 @@ class RefineNetDecoder(nn.Module):
     dropout_rate: dropout on l4, l3 and the final feature in training.
     dtype: computation dtype.
     kernels: conv and pooling gradient formulation (``core.kernels``).
+    heads: task heads ``((name, channels), ...)`` for a multitask decoder;
+      empty (the default) is the official single classifier ``clf_conv``
+      with ``num_classes`` outputs, applied to every stream.
+    stream_heads: with ``heads``, the head index of every stream, in the
+      order the streams are folded into the batch (stream-major).
   """
   num_classes: int
   features: Sequence[int] = (512, 256)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
   kernels: str = 'auto'
+  heads: Sequence[tuple[str, int]] = ()
+  stream_heads: Sequence[int] = ()
 
   def _refine(self, level: jnp.ndarray, top: jnp.ndarray, g: int,
               final: bool) -> jnp.ndarray:
@@ -99,8 +107,14 @@ class RefineNetDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, feats: Sequence[jnp.ndarray], *,
-               train: bool) -> jnp.ndarray:
-    """Decodes l1..l4, each ``(N, h_s, w_s, C_s)``, to ``(N, h1, w1, K)``."""
+               train: bool) -> jnp.ndarray | dict[str, jnp.ndarray]:
+    """Decodes l1..l4, each ``(N, h_s, w_s, C_s)``, to ``(N, h1, w1, K)``.
+
+    With ``heads``, ``N = S * B`` (stream-major) and the result is
+    ``{name: (S_t, B, h1, w1, channels)}``: each head sees only its own
+    streams. One head keeps the official name ``clf_conv``; several are
+    ``clf_conv_<name>``.
+    """
     l1, l2, l3, l4 = feats
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     l4, l3 = drop(l4), drop(l3)
@@ -116,5 +130,17 @@ class RefineNetDecoder(nn.Module):
     x = self._refine(l2, _upsample_to(x, l2), 3, final=False)
     x = self._refine(l1, _upsample_to(x, l1), 4, final=True)
     x = drop(x)
-    return _conv3x3(self.num_classes, x, 'clf_conv', self.dtype, k,
-                    use_bias=True)
+    if not self.heads:
+      return _conv3x3(self.num_classes, x, 'clf_conv', self.dtype, k,
+                      use_bias=True)
+    num_streams = len(self.stream_heads)
+    x = x.reshape((num_streams, -1) + x.shape[1:])
+    out = {}
+    for t, (name, channels) in enumerate(self.heads):
+      idx = [s for s, h in enumerate(self.stream_heads) if h == t]
+      xt = x if len(idx) == num_streams else x[np.array(idx)]
+      y = _conv3x3(channels, xt.reshape((-1,) + xt.shape[2:]),
+                   'clf_conv' if len(self.heads) == 1 else f'clf_conv_{name}',
+                   self.dtype, k, use_bias=True)
+      out[name] = y.reshape((len(idx), -1) + y.shape[1:])
+    return out
