@@ -21,7 +21,11 @@ and for multi-task learning (segmentation, depth and surface normals):
 * ``nyuv2_mtl``: NYUv2 at 288x384, 13 classes, from the ``.npy`` files
   preprocessed by MTAN / LibMTL (``data/nyuv2_mtl.py``); it stores float32
   ``image``, ``depth`` and ``normal`` as given and a uint8 ``label`` with
-  255 = ignore.
+  255 = ignore;
+* ``synthetic_mtl`` (configs ``default``, ``tiny``): the scenes of
+  ``synthetic_rgbd``, shaded, with 7 classes, exact depth and analytic
+  camera-frame normals, generated locally with the features of
+  ``nyuv2_mtl`` (``data/synthetic_mtl.py``).
 
 The translation builders store ``images``, one uint8 (H, W, 3) PNG per
 domain in the order of ``info.metadata['domains']``, and ``name``; read them
@@ -44,6 +48,7 @@ from data import folder
 from data import nyud_v2
 from data import nyuv2_mtl
 from data import sunrgbd
+from data import synthetic_mtl
 from data import synthetic_rgbd
 from data import synthetic_translation
 from data import taskonomy
@@ -56,6 +61,7 @@ BUILDERS = {
     'taskonomy': taskonomy.Taskonomy,
     'synthetic_taskonomy': synthetic_translation.SyntheticTaskonomy,
     'nyuv2_mtl': nyuv2_mtl.Nyuv2Mtl,
+    'synthetic_mtl': synthetic_mtl.SyntheticMtl,
 }
 
 
@@ -66,8 +72,8 @@ def prepare(name: str, *, data_dir: str | pathlib.Path,
   """Builds a dataset into ``data_dir`` as array_record, if not built yet.
 
   Nothing is downloaded: the real datasets are read from ``manual_dir``
-  (default ``<data_dir>/downloads/manual``) and ``synthetic_rgbd`` and
-  ``synthetic_taskonomy`` are generated.
+  (default ``<data_dir>/downloads/manual``) and ``synthetic_rgbd``,
+  ``synthetic_taskonomy`` and ``synthetic_mtl`` are generated.
 
   Args:
     name: a key of ``BUILDERS``, optionally with a config as

@@ -29,6 +29,10 @@ from that depth with ``data.hha`` and ``camera_matrix(image_size)``.
 
 Configs: ``synthetic_rgbd`` (= ``/default``, 64x64, 200 train / 50 test,
 about 5 s to build on 2 cores) and ``synthetic_rgbd/tiny`` (32x32, 16 / 8).
+
+``data/synthetic_mtl.py`` renders the same scenes, shaded, with true depth
+and the analytic surface normals of ``_ray_cast_normals``, for multi-task
+learning.
 """
 
 import dataclasses
@@ -48,6 +52,9 @@ _OBJECT_CLASSES = (RED_TILE, BLUE_TILE, GREY_BLOCK, GREY_DOME, RED_BLOCK)
 _RED_CLASSES = (RED_TILE, RED_BLOCK)
 _SUPERSAMPLE = 2
 _FOCAL_PER_PIXEL = 0.875  # Focal length in units of the image size.
+# World normals (y up) of the floor and of the back wall, facing the camera.
+_FLOOR_NORMAL = np.array([0.0, 1.0, 0.0])
+_WALL_NORMAL = np.array([0.0, 0.0, -1.0])
 
 
 def camera_matrix(image_size: int) -> np.ndarray:
@@ -84,12 +91,30 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
                 wall_distance=rng.uniform(4.0, 5.5), objects=tuple(objects))
 
 
-def _rays(image_size: int, pitch: float) -> np.ndarray:
-  """(S, S, 3) world ray directions with unit camera-Z component."""
+def camera_axes(pitch: float) -> np.ndarray:
+  """(3, 3) camera axes in world coordinates, one per row.
+
+  Rows: image-right x = (1, 0, 0), image-down y = (0, -cos p, -sin p),
+  forward z = (0, -sin p, cos p) for the downward pitch p, so ``axes @ v``
+  is a world vector v in camera coordinates (X right, Y down, Z forward).
+  The world (x right, y up, z forward) is left-handed, so the determinant
+  is -1; dot products and lengths are kept all the same.
+  """
+  s, c = np.sin(pitch), np.cos(pitch)
+  return np.array([[1.0, 0.0, 0.0], [0.0, -c, -s], [0.0, -s, c]])
+
+
+def _rays(image_size: int, pitch: float,
+          supersample: int = _SUPERSAMPLE) -> np.ndarray:
+  """(S, S, 3) world ray directions with unit camera-Z component.
+
+  S = ``image_size * supersample``; ``supersample=1`` gives the rays
+  through the pixel centres of ``camera_matrix(image_size)``.
+  """
   k = camera_matrix(image_size)
-  n = image_size * _SUPERSAMPLE
+  n = image_size * supersample
   # Sample centres in 1-based pixel coordinates of the output image.
-  coords = 0.5 + (np.arange(n) + 0.5) / _SUPERSAMPLE
+  coords = 0.5 + (np.arange(n) + 0.5) / supersample
   dx = (coords[None, :] - k[0, 2]) / k[0, 0] + np.zeros((n, 1))
   dy = (coords[:, None] - k[1, 2]) / k[1, 1] + np.zeros((1, n))
   s, c = np.sin(pitch), np.cos(pitch)
@@ -98,14 +123,21 @@ def _rays(image_size: int, pitch: float) -> np.ndarray:
   return np.stack([dx, -c * dy - s, -s * dy + c], axis=-1)
 
 
-def _box_hit(origin, d, lo, hi) -> np.ndarray:
-  """Ray-box entry distance (slab method), inf where missed."""
+def _box_entry(origin, d, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+  """Ray-box entry distance (slab method) and the entry face's axis.
+
+  Returns:
+    The distance, inf where missed, and the axis (0, 1 or 2) of the face
+    the ray enters through.
+  """
   with np.errstate(divide='ignore', invalid='ignore'):
     safe = np.where(np.abs(d) < 1e-12, 1e-12, d)
     t1, t2 = (lo - origin) / safe, (hi - origin) / safe
-  near = np.minimum(t1, t2).max(axis=-1)
+  entries = np.minimum(t1, t2)
+  near = entries.max(axis=-1)
   far = np.maximum(t1, t2).min(axis=-1)
-  return np.where((far >= near) & (near > 0), near, np.inf)
+  t = np.where((far >= near) & (near > 0), near, np.inf)
+  return t, entries.argmax(axis=-1)
 
 
 def _dome_hit(origin, d, centre, radius) -> np.ndarray:
@@ -121,38 +153,85 @@ def _dome_hit(origin, d, centre, radius) -> np.ndarray:
 
 def _ray_cast(scene: _Scene, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Depth (camera Z, metres) and class of every ray."""
+  depth, label, _ = _ray_cast_normals(scene, d)
+  return depth, label
+
+
+def _object_hit(origin, d, obj) -> tuple[np.ndarray, np.ndarray]:
+  """Distance (inf where missed) and world normal of a box or dome hit."""
+  cls, x, z, size, height = obj
+  if cls == GREY_DOME:
+    centre = np.array([x, 0.0, z])
+    t = _dome_hit(origin, d, centre, size)
+    finite = np.where(np.isfinite(t), t, 0.0)
+    return t, (origin + finite[..., None] * d - centre) / size
+  t, axis = _box_entry(origin, d, np.array([x - size, 0.0, z - size]),
+                       np.array([x + size, height, z + size]))
+  # The entry face faces against the ray along its axis.
+  along = np.take_along_axis(d, axis[..., None], axis=-1)
+  return t, -np.sign(along) * (np.arange(3) == axis[..., None])
+
+
+def _ray_cast_normals(scene: _Scene, d: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Depth, class and surface normal of every ray.
+
+  Args:
+    scene: the room and objects.
+    d: (..., 3) world ray directions with unit camera-Z component (as
+      ``_rays`` makes them).
+
+  Returns:
+    ``depth`` (...) camera Z in metres, ``label`` (...) class ids and
+    ``normal`` (..., 3) the analytic unit normal of the surface hit, in
+    world coordinates (y up) and facing the ray's origin: floor and tiles
+    (0, 1, 0), back wall (0, 0, -1), a box's entry face, a dome's
+    (p - centre) / radius.
+  """
   origin = np.array([0.0, scene.camera_height, 0.0])
   with np.errstate(divide='ignore'):
     t_floor = np.where(d[..., 1] < 0, origin[1] / -d[..., 1], np.inf)
     t_wall = np.where(d[..., 2] > 0, scene.wall_distance / d[..., 2], np.inf)
   depth = np.minimum(t_floor, t_wall)
   label = np.where(t_floor <= t_wall, FLOOR, WALL)
+  normal = np.where((t_floor <= t_wall)[..., None], _FLOOR_NORMAL,
+                    _WALL_NORMAL)
   hit = origin + t_floor[..., None] * d
-  for cls, x, z, size, height in scene.objects:
+  for obj in scene.objects:
+    cls, x, z, size, _ = obj
     if cls in (RED_TILE, BLUE_TILE):
       inside = (np.abs(hit[..., 0] - x) <= size) & (
           np.abs(hit[..., 2] - z) <= size) & (label == FLOOR)
       label = np.where(inside, cls, label)
       continue
-    if cls == GREY_DOME:
-      t = _dome_hit(origin, d, np.array([x, 0.0, z]), size)
-    else:
-      t = _box_hit(origin, d, np.array([x - size, 0.0, z - size]),
-                   np.array([x + size, height, z + size]))
+    t, obj_normal = _object_hit(origin, d, obj)
     closer = t < depth
     depth, label = np.where(closer, t, depth), np.where(closer, cls, label)
-  return depth, label
+    normal = np.where(closer[..., None], obj_normal, normal)
+  return depth, label, normal
 
 
-def _colours(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Flat albedo per class (no shading) plus per-sample noise."""
+def _albedo(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """(..., 3) flat colour per class in 0..255, drawn per scene."""
   grey = rng.uniform(95.0, 165.0)
   red = np.array([190.0, 50.0, 45.0]) + rng.uniform(-15, 15, 3)
   blue = np.array([50.0, 70.0, 190.0]) + rng.uniform(-15, 15, 3)
   rgb = np.full(label.shape + (3,), grey)
   rgb[np.isin(label, _RED_CLASSES)] = red
   rgb[label == BLUE_TILE] = blue
-  return rgb + rng.normal(0.0, 8.0, rgb.shape)
+  return rgb
+
+
+def _colour_noise(shape: tuple[int, ...],
+                  rng: np.random.Generator) -> np.ndarray:
+  """Per-sample colour noise in 0..255 units."""
+  return rng.normal(0.0, 8.0, shape)
+
+
+def _colours(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Flat albedo per class (no shading) plus per-sample noise."""
+  rgb = _albedo(label, rng)
+  return rgb + _colour_noise(rgb.shape, rng)
 
 
 def _sensor_depth(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -160,14 +239,19 @@ def _sensor_depth(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   noisy = depth + rng.normal(0.0, 1.0, depth.shape) * 0.0015 * depth ** 2
   stored = np.round(np.clip(noisy, 0.0, 10.0) * conventions.DEPTH_SCALE)
   stored = stored.astype(np.uint16)
-  size = depth.shape[0]
+  stored[_holes(depth.shape[0], rng)] = 0
+  return stored
+
+
+def _holes(size: int, rng: np.random.Generator) -> np.ndarray:
+  """(size, size) bool: 0-2 elliptic blobs and 0.5 % single pixels."""
+  holes = np.zeros((size, size), bool)
   yy, xx = np.mgrid[:size, :size]
   for _ in range(rng.integers(0, 3)):
     cy, cx = rng.uniform(0, size, 2)
     ry, rx = rng.uniform(1.0, size / 12, 2)
-    stored[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0] = 0
-  stored[rng.random(depth.shape) < 0.005] = 0
-  return stored
+    holes |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+  return holes | (rng.random((size, size)) < 0.005)
 
 
 def render(image_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -186,14 +270,20 @@ def render(image_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
   rgb = _colours(label, rng)
   n, k = image_size, _SUPERSAMPLE
   rgb = rgb.reshape(n, k, n, k, 3).mean(axis=(1, 3))
-  blocks = label.reshape(n, k, n, k).transpose(0, 2, 1, 3).reshape(n, n, -1)
-  pure = np.all(blocks == blocks[..., :1], axis=-1)
-  out_label = np.where(pure, blocks[..., 0], conventions.IGNORE_LABEL)
   return {
       'rgb': np.clip(np.round(rgb), 0, 255).astype(np.uint8),
       'depth': _sensor_depth(depth[::k, ::k], rng),
-      'label': out_label.astype(np.uint8),
+      'label': _pixel_labels(label, image_size),
   }
+
+
+def _pixel_labels(label: np.ndarray, image_size: int) -> np.ndarray:
+  """(S, S) uint8 labels from the supersampled ones, 255 where they differ."""
+  n, k = image_size, _SUPERSAMPLE
+  blocks = label.reshape(n, k, n, k).transpose(0, 2, 1, 3).reshape(n, n, -1)
+  pure = np.all(blocks == blocks[..., :1], axis=-1)
+  out_label = np.where(pure, blocks[..., 0], conventions.IGNORE_LABEL)
+  return out_label.astype(np.uint8)
 
 
 @dataclasses.dataclass(eq=False)
