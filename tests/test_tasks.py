@@ -28,7 +28,7 @@ def test_every_config_names_a_task_that_builds_without_data(name, tmp_path):
   task = tasks.build(config, tmp_path)
   # The variables' shapes come from the model alone: no dataset is read.
   variables = loop.abstract_variables(task)
-  networks = {'segmentation': [variables],
+  networks = {'segmentation': [variables], 'multitask': [variables],
               'translation': [variables.get('generator'),
                               variables.get('discriminator')]}[config.task]
   for net in networks:
@@ -43,7 +43,8 @@ def test_unknown_task_lists_the_choices(tmp_path):
   config = default.get_config()
   config.task = 'detection'
   with pytest.raises(ValueError,
-                     match=r"'detection'.*\['segmentation', 'translation'\]"):
+                     match=r"'detection'.*\['multitask', 'segmentation', "
+                     r"'translation'\]"):
     tasks.build(config, tmp_path)
 
 

@@ -17,6 +17,8 @@ import ml_collections
 
 from cen_jax.tasks import segmentation
 from cen_jax.tasks import translation
+from cen_jax.tasks.multitask import modes as multitask_modes
+from cen_jax.tasks.multitask.task import Multitask
 from cen_jax.tasks.segmentation import modes as segmentation_modes
 from cen_jax.tasks.translation import modes as translation_modes
 
@@ -31,6 +33,7 @@ class TaskEntry:
 TASKS: dict[str, TaskEntry] = {
     'segmentation': TaskEntry(segmentation.Segmentation, segmentation_modes),
     'translation': TaskEntry(translation.Translation, translation_modes),
+    'multitask': TaskEntry(Multitask, multitask_modes),
 }
 
 
