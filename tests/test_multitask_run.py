@@ -157,12 +157,12 @@ def _folder(root: pathlib.Path, n: int = 2) -> list[np.ndarray]:
 
 
 def test_encodings_by_hand():
-  depth = modes._encode('depth', np.full((1, 1, 1), 1.2345))  # pylint: disable=protected-access
+  depth = modes.encode('depth', np.full((1, 1, 1), 1.2345))
   assert np.asarray(depth).dtype == np.uint16
   assert np.asarray(depth)[0, 0] == 1234  # round(1234.5) to even
-  normal = modes._encode('normals', np.array([[[0.0, 0.0, 2.0]]]))  # pylint: disable=protected-access
+  normal = modes.encode('normals', np.array([[[0.0, 0.0, 2.0]]]))
   np.testing.assert_array_equal(np.asarray(normal)[0, 0], [128, 128, 255])
-  seg = modes._encode('semseg', np.array([[[0.1, 0.9, 0.3]]]))  # pylint: disable=protected-access
+  seg = modes.encode('semseg', np.array([[[0.1, 0.9, 0.3]]]))
   assert np.asarray(seg)[0, 0] == 1
 
 

@@ -111,7 +111,7 @@ def load_sample(paths: dict[str, pathlib.Path]) -> dict[str, np.ndarray]:
   return sample
 
 
-def _encode(task: str, pred: np.ndarray) -> Image.Image:
+def encode(task: str, pred: np.ndarray) -> Image.Image:
   """A task's ``(H, W, C)`` raw output as the image ``predict`` writes."""
   if task == 'semseg':
     return Image.fromarray(np.argmax(pred, axis=-1).astype(np.uint8))
@@ -174,7 +174,7 @@ def predict(task: Multitask, workdir: str, source: str, output_dir: str, *,
         continue
       path = out / t / f'{paths["rgb"].stem}.png'
       path.parent.mkdir(parents=True, exist_ok=True)
-      _encode(t, p[k, 0]).save(path)
+      encode(t, p[k, 0]).save(path)
       written.append(path)
   logging.info('Wrote %d predictions of step %d to %s', len(written), step,
                out)
@@ -204,8 +204,9 @@ def inference_fn(task: Multitask):
   index = task.streams.input_index
 
   def infer(variables, x):
-    preds = steps.predictions(task.model, variables, x[np.asarray(index)],
-                              x.shape[2:4])
+    preds = steps.predictions(
+        task.model, variables, steps.stream_inputs(jnp.moveaxis(x, 0, 1),
+                                                   index), x.shape[2:4])
     return {t: p[-1] for t, p in preds.items()}
   return infer
 

@@ -5,7 +5,7 @@ Batches come from ``multitask.input_pipeline``: ``'inputs'`` ``(B, M, H, W,
 ignore), ``'depth'`` ``(B, H, W)`` metres (0 = missing), ``'normal'`` ``(B,
 H, W, 3)`` (all-zero = missing) and ``'valid'`` ``(B,)``. The steps gather
 each stream's input into the stream-major ``(S, B, H, W, 3)`` the model
-takes.
+(``core.StreamCore``) takes.
 
 Every head's output (1/4 resolution) is resized bilinearly
 (``align_corners=False``) to the target size, for the losses and for the
@@ -16,7 +16,6 @@ CEN's segmentation loss is; the total is the weighted sum over tasks.
 
 from typing import Any, Callable, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,8 +38,16 @@ Batch = dict[str, jnp.ndarray]
 
 def stream_inputs(inputs: jnp.ndarray,
                   input_index: Sequence[int]) -> jnp.ndarray:
-  """``(B, M, H, W, 3)`` batch inputs -> ``(S, B, H, W, 3)`` per stream."""
-  return jnp.moveaxis(inputs, 1, 0)[np.asarray(input_index)]
+  """``(B, M, H, W, 3)`` batch inputs -> ``(S, B, H, W, 3)`` per stream.
+
+  A stream with index -1 (a predicted input) gets zeros, which the core
+  replaces.
+  """
+  x = jnp.moveaxis(inputs, 1, 0)
+  if min(input_index) >= 0:
+    return x[np.asarray(input_index)]
+  return jnp.stack([x[i] if i >= 0 else jnp.zeros_like(x[0])
+                    for i in input_index])
 
 
 def to_target_size(output: jnp.ndarray, size: tuple[int, int]
@@ -78,7 +85,7 @@ def task_losses(out: Mapping[str, Any], batch: Batch,
 
 
 def train_step(state: State, batch: Batch, rng: jax.Array, *,
-               model: nn.Module, tx: optax.GradientTransformation,
+               model: Any, tx: optax.GradientTransformation,
                l1_coef: float, l1_scope: str,
                lr_fns: dict[str, Callable[[Any], Any]],
                input_index: Sequence[int], stream_names: Sequence[str],
@@ -148,7 +155,7 @@ def train_step(state: State, batch: Batch, rng: jax.Array, *,
   return new_state, step_metrics
 
 
-def predictions(model: nn.Module, variables: Any, x: jnp.ndarray,
+def predictions(model: Any, variables: Any, x: jnp.ndarray,
                 size: tuple[int, int]) -> dict[str, jnp.ndarray]:
   """``{task: (S_t + 1, B, H, W, C)}``: every stream, then the ensemble.
 
@@ -179,7 +186,7 @@ def eval_sums(kind: str, pred: jnp.ndarray, batch: Batch,
   raise ValueError(f'unknown task kind {kind!r}')
 
 
-def eval_step(variables: Any, batch: Batch, *, model: nn.Module,
+def eval_step(variables: Any, batch: Batch, *, model: Any,
               input_index: Sequence[int], kinds: Mapping[str, str],
               output_names: Mapping[str, Sequence[str]],
               num_classes: int) -> dict[str, dict[str, Any]]:

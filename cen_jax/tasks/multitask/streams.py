@@ -7,10 +7,20 @@ conv is shared by all S streams, every BN is private to one, the exchange
 runs over all S, and each task has one output head. The tasks are taken in
 their order of first appearance; so are the input modalities the loader
 must provide.
+
+A stream's input can also be another task's prediction, ``'pred:<task>'``
+(``'pred:depth'``, ``'pred:normals'``): fusion with a predicted modality,
+this project's reading of the TPAMI paper's "cycle" fusion. The streams
+then run in two passes of the same shared convs: first the streams of the
+predicted tasks (from real inputs), then the others, the predicted inputs
+filled in from the first pass's ensembles (``multitask.core``). E.g.
+``(('rgb', 'depth'), ('rgb', 'semseg'), ('pred:depth', 'semseg'))``
+segments from RGB and the depth it predicts from RGB, so it runs on RGB
+alone though trained with depth labels.
 """
 
 import dataclasses
-from typing import Sequence
+from typing import Iterable, Sequence
 
 # The dense tasks a stream can predict: the head's output channels (None =
 # config.model.num_classes) and what the output means.
@@ -19,6 +29,10 @@ TASK_KINDS = {
     'depth': 1,  # metres, L1 on valid pixels.
     'normals': 3,  # a direction (normalised), cosine loss.
 }
+PREDICTED_PREFIX = 'pred:'
+# The tasks whose prediction can be a stream's input, as its input format:
+# depth in metres (as the data's 'depth' input), normals as unit vectors.
+PREDICTABLE = ('depth', 'normals')
 # Each task's metric that ranks checkpoints when no baselines are given,
 # and its direction.
 PRIMARY_METRIC = {
@@ -47,8 +61,13 @@ class Streams:
       order of the loader's ``inputs`` axis).
     heads: ``((task, channels), ...)`` for ``CEN(heads=...)``.
     stream_heads: the head index of every stream.
-    input_index: the index into ``modalities`` of every stream's input.
-    names: ``'<input>_<task>'`` per stream (identifiers: metric names).
+    input_index: the index into ``modalities`` of every stream's input,
+      -1 for a predicted input.
+    names: ``'<input>_<task>'`` per stream (identifiers: metric names;
+      ``'pred_depth_semseg'`` for ``('pred:depth', 'semseg')``).
+    predicted: per stream, the task whose prediction is its input, or None.
+    passes: the stream indices of each pass: one pass of all streams, or
+      (the streams of the predicted tasks, the others).
   """
   inputs: tuple[str, ...]
   tasks: tuple[str, ...]
@@ -58,13 +77,15 @@ class Streams:
   stream_heads: tuple[int, ...]
   input_index: tuple[int, ...]
   names: tuple[str, ...]
+  predicted: tuple[str | None, ...] = ()
+  passes: tuple[tuple[int, ...], ...] = ()
 
   def streams_of(self, task: str) -> tuple[str, ...]:
     """The names of ``task``'s streams, in stream order."""
     return tuple(n for n, t in zip(self.names, self.tasks) if t == task)
 
 
-def _unique(items: Sequence[str]) -> tuple[str, ...]:
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(items))
 
 
@@ -94,22 +115,53 @@ def parse(streams: Sequence[Sequence[str]], *, num_classes: int,
     if task not in TASK_KINDS:
       raise ValueError(f'{where}: unknown task {task!r} in {tuple(entry)}; '
                        f'choose one of {sorted(TASK_KINDS)}')
-    if inp not in available_inputs:
+    if inp.startswith(PREDICTED_PREFIX):
+      source = inp[len(PREDICTED_PREFIX):]
+      if source not in PREDICTABLE:
+        raise ValueError(f'{where}: input {inp!r} in {tuple(entry)}: only '
+                         f'the predictions of {PREDICTABLE} can be inputs')
+      if source == task:
+        raise ValueError(f'{where}: stream {tuple(entry)} predicts the task '
+                         'its input comes from')
+    elif inp not in available_inputs:
       raise ValueError(f'{where}: input {inp!r} in {tuple(entry)} is not '
                        f'provided by the data; it provides '
-                       f'{tuple(available_inputs)}')
+                       f'{tuple(available_inputs)} (or a prediction, '
+                       f"'{PREDICTED_PREFIX}<task>' with task in "
+                       f'{PREDICTABLE})')
     if (inp, task) in pairs:
       raise ValueError(f'{where}: stream {(inp, task)} appears twice')
     pairs.append((inp, task))
   inputs = tuple(p[0] for p in pairs)
   tasks = tuple(p[1] for p in pairs)
+  predicted = tuple(i[len(PREDICTED_PREFIX):]
+                    if i.startswith(PREDICTED_PREFIX) else None
+                    for i in inputs)
+  consumed = set(p for p in predicted if p)
+  for (inp, task), p in zip(pairs, predicted):
+    if p and task in consumed:
+      raise ValueError(f'{where}: stream {(inp, task)} feeds on a '
+                       f'prediction and is fed to another stream: chains '
+                       'of predicted inputs are not supported')
+  for task in sorted(consumed):
+    if not any(t == task and p is None for t, p in zip(tasks, predicted)):
+      raise ValueError(f"{where}: input 'pred:{task}' needs a stream that "
+                       f'predicts {task!r} from a real input')
   task_names = _unique(tasks)
-  modalities = _unique(inputs)
+  modalities = _unique(i for i, p in zip(inputs, predicted) if p is None)
   heads = tuple((t, int(num_classes) if TASK_KINDS[t] is None
                  else TASK_KINDS[t]) for t in task_names)
+  everything = tuple(range(len(pairs)))
+  if consumed:
+    first = tuple(s for s in everything if tasks[s] in consumed)
+    passes = (first, tuple(s for s in everything if s not in first))
+  else:
+    passes = (everything,)
   return Streams(
       inputs=inputs, tasks=tasks, task_names=task_names,
       modalities=modalities, heads=heads,
       stream_heads=tuple(task_names.index(t) for t in tasks),
-      input_index=tuple(modalities.index(i) for i in inputs),
-      names=tuple(f'{i}_{t}' for i, t in pairs))
+      input_index=tuple(-1 if p else modalities.index(i)
+                        for i, p in zip(inputs, predicted)),
+      names=tuple(f'{i.replace(":", "_")}_{t}' for i, t in pairs),
+      predicted=predicted, passes=passes)

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from cen_jax.core import exchange_analysis
+from cen_jax.tasks.multitask import core
 from cen_jax.tasks.multitask import input_pipeline
 from cen_jax.tasks.multitask import metrics
 from cen_jax.tasks.multitask import steps
@@ -102,7 +103,7 @@ class Multitask:
     name: ``'multitask'``.
     best: ``eval/delta_m`` (max) with baselines, else the first task's
       primary ensemble metric; or ``config.multitask.best_metric``.
-    model: the CEN stream core.
+    model: the stream core (``core.StreamCore``: one CEN, or two passes).
     streams: the parsed ``config.model.streams``.
     modalities: the input modalities, in the loader's order.
     kinds: ``{task: task}`` (the task names are their kinds).
@@ -118,8 +119,7 @@ class Multitask:
         config.model.streams, num_classes=self.num_classes,
         available_inputs=input_pipeline.INPUTS)
     s = self.streams
-    self.model = models.build(config.model, heads=s.heads,
-                              stream_heads=s.stream_heads)
+    self.model = core.StreamCore(config.model, s)
     self.modalities = s.modalities
     self.kinds = {t: t for t in s.task_names}
     self.output_names = {t: s.streams_of(t) + ('ensemble',)

@@ -27,16 +27,17 @@ def _depth(depth: Any) -> Any:
 
 def build(model_config: Mapping[str, Any], *,
           heads: Sequence[tuple[str, int]] = (),
-          stream_heads: Sequence[int] = ()) -> CEN:
+          stream_heads: Sequence[int] = (),
+          suffix_heads: bool = False) -> CEN:
   """Builds ``CEN`` from a ``config.model`` ConfigDict (or a plain dict).
 
   Fields: ``depth`` (50, 101, 152 or 'tiny'), ``num_classes``, ``width``,
   ``decoder_features``, ``exchange`` and ``exchange_kwargs``, ``bn_mode``,
   ``bn_momentum``, ``bn_epsilon``, ``dropout_rate``, ``dtype``, ``kernels``,
-  ``remat_encoder``. See
-  ``configs/default.py`` for their meaning and defaults. ``heads`` and
-  ``stream_heads`` make the multitask stream core (see ``CEN``); the
-  multitask task derives them from ``config.model.streams``.
+  ``remat_encoder``. See ``configs/default.py`` for their meaning and
+  defaults. ``heads``, ``stream_heads`` and ``suffix_heads`` make the
+  multitask stream core (see ``CEN``); the multitask task derives them from
+  ``config.model.streams``.
   """
   cfg = dict(model_config)
   kwargs = dict(cfg.get('exchange_kwargs') or {})
@@ -57,4 +58,5 @@ def build(model_config: Mapping[str, Any], *,
       remat_encoder=bool(cfg.get('remat_encoder', False)),
       heads=tuple((str(n), int(c)) for n, c in heads),
       stream_heads=tuple(int(h) for h in stream_heads),
+      suffix_heads=suffix_heads,
   )

@@ -53,6 +53,9 @@ class CEN(nn.Module):
     heads: multitask heads ``((task, channels), ...)``; empty (default) is
       the single-task network with ``num_classes`` outputs.
     stream_heads: with ``heads``, the head index of each of the S streams.
+    suffix_heads: name even a single head ``clf_conv_<task>`` and its
+      ensemble weights ``alpha_<task>`` (multitask models whose passes
+      hold one head each); by default one head keeps the official names.
   """
   num_classes: int
   stage_sizes: Sequence[int]
@@ -68,6 +71,7 @@ class CEN(nn.Module):
   remat_encoder: bool = False
   heads: Sequence[tuple[str, int]] = ()
   stream_heads: Sequence[int] = ()
+  suffix_heads: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False,
@@ -112,11 +116,13 @@ class CEN(nn.Module):
           self.num_classes, self.decoder_features, self.dropout_rate,
           self.dtype, self.kernels, heads=tuple(self.heads),
           stream_heads=tuple(self.stream_heads),
+          suffix_heads=self.suffix_heads,
           name='decoder')(feats, train=train)
       result = {'streams': {}, 'ensemble': {}, 'alpha': {}}
       for task, _ in self.heads:
         out = outs[task].astype(jnp.float32)
-        name = 'alpha' if len(self.heads) == 1 else f'alpha_{task}'
+        name = ('alpha' if len(self.heads) == 1 and not self.suffix_heads
+                else f'alpha_{task}')
         result['streams'][task] = out
         result['ensemble'][task], result['alpha'][task] = self._ensemble(
             out, name)

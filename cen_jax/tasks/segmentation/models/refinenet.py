@@ -80,6 +80,7 @@ class RefineNetDecoder(nn.Module):
       with ``num_classes`` outputs, applied to every stream.
     stream_heads: with ``heads``, the head index of every stream, in the
       order the streams are folded into the batch (stream-major).
+    suffix_heads: name even a single head ``clf_conv_<name>``.
   """
   num_classes: int
   features: Sequence[int] = (512, 256)
@@ -88,6 +89,7 @@ class RefineNetDecoder(nn.Module):
   kernels: str = 'auto'
   heads: Sequence[tuple[str, int]] = ()
   stream_heads: Sequence[int] = ()
+  suffix_heads: bool = False
 
   def _refine(self, level: jnp.ndarray, top: jnp.ndarray, g: int,
               final: bool) -> jnp.ndarray:
@@ -139,8 +141,9 @@ class RefineNetDecoder(nn.Module):
     for t, (name, channels) in enumerate(self.heads):
       idx = [s for s, h in enumerate(self.stream_heads) if h == t]
       xt = x if len(idx) == num_streams else x[np.array(idx)]
+      official = len(self.heads) == 1 and not self.suffix_heads
       y = _conv3x3(channels, xt.reshape((-1,) + xt.shape[2:]),
-                   'clf_conv' if len(self.heads) == 1 else f'clf_conv_{name}',
+                   'clf_conv' if official else f'clf_conv_{name}',
                    self.dtype, k, use_bias=True)
       out[name] = y.reshape((len(idx), -1) + y.shape[1:])
     return out
