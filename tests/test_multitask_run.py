@@ -243,3 +243,24 @@ def test_export_round_trip_equals_the_ensembles(trained, tmp_path):
 def test_import_torch_is_refused_with_the_reason(trained, tmp_path):
   with pytest.raises(ValueError, match='publishes no multitask checkpoints'):
     run.import_torch(trained.config, str(tmp_path), '/some/model.pth')
+
+
+def test_predicted_depth_trains_evaluates_and_predicts_from_rgb_alone(
+    trained, tmp_path):
+  config = tiny_config(tmp_path)
+  config.data.data_dir = trained.config.data.data_dir
+  config.model.streams = (('rgb', 'depth'), ('rgb', 'semseg'),
+                          ('pred:depth', 'semseg'))
+  config.optim.num_steps = 2
+  workdir = tmp_path / 'work'
+  summary = run.train_and_evaluate(config, str(workdir))
+  assert set(k.split('/')[2] for k in summary if k.startswith(
+      'eval/semseg/')) == {'rgb_semseg', 'pred_depth_semseg', 'ensemble'}
+  assert not any(k.startswith('eval/normals') for k in summary)
+  folder = trained.workdir.parent / 'predict_rgb_only'
+  if not folder.exists():
+    _folder(folder, n=1)
+  written = run.predict(config, str(workdir), str(folder),
+                        str(tmp_path / 'pred'), checkpoint='latest')
+  assert sorted(p.relative_to(tmp_path / 'pred').as_posix()
+                for p in written) == ['depth/0.png', 'semseg/0.png']

@@ -187,7 +187,7 @@ def test_bad_multitask_fields_are_named(tmp_path, field, value, message):
     _task(tmp_path, **{field: value})
 
 
-def test_incomplete_baselines_and_stray_loss_weights_are_named(tmp_path):
+def test_incomplete_baselines_and_unknown_loss_weights_are_named(tmp_path):
   path = tmp_path / 'base.json'
   path.write_text(json.dumps({'semseg': {'miou': 50.0}}))
   with pytest.raises(ValueError, match=r"task 'semseg': \['pixel_acc'\]"):
@@ -196,10 +196,16 @@ def test_incomplete_baselines_and_stray_loss_weights_are_named(tmp_path):
   with pytest.raises(ValueError, match='base.json: not valid JSON'):
     _task(tmp_path, baselines_files=(str(path),))
   config = nyud_multimodal_multitask.get_config()
-  config.multitask.loss_weights['depth'] = 2.0
-  with pytest.raises(ValueError, match=r"loss_weights names \['depth'\], "
-                     'which no stream'):
+  config.multitask.loss_weights['semseq'] = 2.0
+  with pytest.raises(ValueError, match=r"loss_weights names unknown tasks "
+                     r"\['semseq'\]"):
     tasks.build(config, tmp_path)
+  # A weight of a known task that no stream predicts is left unused, so
+  # that overriding the streams alone drops a task.
+  config = nyud_multimodal_multitask.get_config()
+  config.multitask.loss_weights['depth'] = 2.0
+  assert tasks.build(config, tmp_path).loss_weights == {'semseg': 1.0,
+                                                        'normals': 1.0}
 
 
 def test_normal_metrics_median_of_the_hand_totals():

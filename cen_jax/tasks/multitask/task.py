@@ -126,11 +126,16 @@ class Multitask:
                          for t in s.task_names}
     mt = config.multitask
     weights = dict(mt.loss_weights or {})
-    unknown = sorted(set(weights) - set(s.task_names))
+    unknown = sorted(set(weights) - set(streams_lib.TASK_KINDS))
     if unknown:
       raise ValueError(
-          f'config.multitask.loss_weights names {unknown}, which no stream '
-          f'of config.model.streams predicts (tasks: {s.task_names})')
+          f'config.multitask.loss_weights names unknown tasks {unknown}; '
+          f'the tasks are {sorted(streams_lib.TASK_KINDS)}')
+    unused = sorted(set(weights) - set(s.task_names))
+    if unused:
+      # So that --config.model.streams can drop a task on its own.
+      logging.info('config.multitask.loss_weights of %s unused: no stream '
+                   'predicts them', unused)
     self.loss_weights = {t: float(weights.get(t, 1.0)) for t in s.task_names}
     self.baselines = (load_baselines(tuple(mt.baselines_files), s.task_names)
                       if mt.baselines_files else None)
