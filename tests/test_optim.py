@@ -40,6 +40,20 @@ def test_slices_are_disjoint_and_official_for_two_modalities():
   assert sparsity.slice_mask(2, 5, 'all').sum() == 10
 
 
+def test_slices_within_groups_and_no_penalty_for_a_lone_stream():
+  # The passes of the predicted-depth core: stream 0 alone, then 1 and 2.
+  np.testing.assert_array_equal(
+      sparsity.slice_mask(3, 4, 'slices', groups=((0,), (1, 2))),
+      [[0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]])
+  # One group of all is the default.
+  np.testing.assert_array_equal(
+      sparsity.slice_mask(3, 6, 'slices', groups=((0, 1, 2),)),
+      sparsity.slice_mask(3, 6, 'slices'))
+  assert sparsity.slice_mask(3, 4, 'all', groups=((0,), (1, 2))).sum() == 12
+  with pytest.raises(ValueError, match=r'not a partition of the 3'):
+    sparsity.slice_mask(3, 4, 'slices', groups=((0,), (1,)))
+
+
 def test_l1_value_by_hand():
   # rgb slice: |0.5| + |-0.2| = 0.7; depth slice: 0.3 + 0 + 2 = 2.3.
   np.testing.assert_allclose(optim.l1_value(_params()), 3.0, rtol=1e-7)

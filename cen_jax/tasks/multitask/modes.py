@@ -10,7 +10,7 @@ data is absent.
 
 import json
 import pathlib
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import logging
 import jax

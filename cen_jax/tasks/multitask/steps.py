@@ -87,6 +87,7 @@ def task_losses(out: Mapping[str, Any], batch: Batch,
 def train_step(state: State, batch: Batch, rng: jax.Array, *,
                model: Any, tx: optax.GradientTransformation,
                l1_coef: float, l1_scope: str,
+               l1_groups: Sequence[Sequence[int]] | None,
                lr_fns: dict[str, Callable[[Any], Any]],
                input_index: Sequence[int], stream_names: Sequence[str],
                stream_tasks: Sequence[str], kinds: Mapping[str, str],
@@ -94,8 +95,9 @@ def train_step(state: State, batch: Batch, rng: jax.Array, *,
                ) -> tuple[State, dict[str, jnp.ndarray]]:
   """One optimiser step on ``sum_t w_t (sum of t's streams + ensemble)``.
 
-  The L1 subgradient on the bn2 scales (S disjoint slices) is added by
-  ``tx``; the reported ``loss`` adds ``l1_coef * L1``.
+  The L1 subgradient on the bn2 scales (disjoint slices per pass of the
+  core, ``l1_groups``) is added by ``tx``; the reported ``loss`` adds
+  ``l1_coef * L1``.
 
   Returns:
     The new state and this step's scalars: ``loss``, ``task_loss`` (the
@@ -121,7 +123,7 @@ def train_step(state: State, batch: Batch, rng: jax.Array, *,
   grads, (per_task, alpha, batch_stats) = jax.grad(loss_fn, has_aux=True)(
       state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-  l1 = optim.l1_value(state['params'], l1_scope)
+  l1 = optim.l1_value(state['params'], l1_scope, l1_groups)
   fractions = exchange.exchange_fractions(
       models.bn2_scales(state['params']), model.exchange.weights,
       exchange.Context(train=True, step=step, progress=progress))

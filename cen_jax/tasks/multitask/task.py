@@ -14,7 +14,6 @@ matrices for ``semseg``, ``multitask.metrics`` sums for ``depth`` and
 baselines, ``eval/delta_m`` (the ensembles' average relative gain, in %).
 """
 
-import dataclasses
 import functools
 import json
 import pathlib
@@ -38,6 +37,7 @@ from cen_jax.tasks.segmentation import metrics as seg_metrics
 from cen_jax.tasks.segmentation import models
 from cen_jax.tasks.segmentation.task import data_dir
 from cen_jax.tasks.segmentation.task import make_optimizer
+from cen_jax.tasks.segmentation.task import Trainer
 from cen_jax.training import cadence
 from cen_jax.training.task import BestMetric
 
@@ -45,18 +45,6 @@ METRICS_FILE = 'metrics.json'
 # The ensembles' metrics of every task, in the format baselines_files reads.
 ENSEMBLE_FILE = 'ensemble_metrics.json'
 _SEG_SCORES = ('miou', 'pixel_acc', 'mean_acc')
-
-
-@dataclasses.dataclass(frozen=True)
-class Trainer:
-  """The training side: the optimiser, its schedule and the train stream."""
-  steps_per_epoch: int
-  total_steps: int
-  tx: Any
-  lr_fns: dict[str, Any]
-  create_state: Callable[[Any], dict[str, Any]]
-  train_step: Callable[..., Any]
-  loader: Callable[..., Any]
 
 
 def load_baselines(files: Any, tasks: Any) -> dict[str, dict[str, float]]:
@@ -233,8 +221,9 @@ class Multitask:
   def trainer_for(self, steps_per_epoch: int,
                   loader: Callable[..., Any] | None = None) -> Trainer:
     """The training side for a given epoch length, without reading data."""
-    tx, lr_fns, total = make_optimizer(self._optim, steps_per_epoch)
     s = self.streams
+    tx, lr_fns, total = make_optimizer(self._optim, steps_per_epoch,
+                                       l1_groups=s.passes)
     return Trainer(
         steps_per_epoch=steps_per_epoch, total_steps=total, tx=tx,
         lr_fns=lr_fns,
@@ -242,7 +231,7 @@ class Multitask:
         train_step=functools.partial(
             steps.train_step, model=self.model, tx=tx,
             l1_coef=self._optim.l1_coef, l1_scope=self._optim.l1_scope,
-            lr_fns=lr_fns, input_index=s.input_index, stream_names=s.names,
+            l1_groups=s.passes, lr_fns=lr_fns, input_index=s.input_index, stream_names=s.names,
             stream_tasks=s.tasks, kinds=self.kinds,
             loss_weights=self.loss_weights, total_steps=total),
         loader=loader)

@@ -26,15 +26,17 @@ def is_bn2_scale(path: tuple[str, ...]) -> bool:
   return len(path) >= 2 and path[-2] == 'bn2' and path[-1] == 'scale'
 
 
-def l1_value(params: Any, scope: str = 'slices') -> jnp.ndarray:
+def l1_value(params: Any, scope: str = 'slices',
+             groups: sparsity.Groups = None) -> jnp.ndarray:
   """``sum |gamma|`` over the penalised bn2 channels (the raw L1, no coef)."""
-  return sparsity.l1_value(params, is_bn2_scale, scope)
+  return sparsity.l1_value(params, is_bn2_scale, scope, groups)
 
 
-def add_l1_subgradient(coef: float,
-                       scope: str = 'slices') -> optax.GradientTransformation:
+def add_l1_subgradient(coef: float, scope: str = 'slices',
+                       groups: sparsity.Groups = None
+                       ) -> optax.GradientTransformation:
   """``sparsity.add_l1_subgradient`` on the bn2 scales."""
-  return sparsity.add_l1_subgradient(coef, is_bn2_scale, scope)
+  return sparsity.add_l1_subgradient(coef, is_bn2_scale, scope, groups)
 
 
 def param_groups(params: Any) -> Any:
@@ -50,7 +52,8 @@ def param_groups(params: Any) -> Any:
 
 def make_optimizer(schedules: dict[str, optax.Schedule], *, momentum: float,
                    weight_decay: float, l1_coef: float, l1_scope: str,
-                   reset_steps: Sequence[int] = ()
+                   reset_steps: Sequence[int] = (),
+                   l1_groups: sparsity.Groups = None
                    ) -> optax.GradientTransformation:
   """The official optimiser: L1 subgradient, then SGD per parameter group.
 
@@ -61,6 +64,7 @@ def make_optimizer(schedules: dict[str, optax.Schedule], *, momentum: float,
     l1_coef: effective L1 coefficient on the bn2 scales (0 disables).
     l1_scope: ``'slices'`` or ``'all'``.
     reset_steps: steps at which momentum buffers are reset (stage starts).
+    l1_groups: streams that exchange among themselves (``sparsity``).
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs params.
@@ -72,5 +76,5 @@ def make_optimizer(schedules: dict[str, optax.Schedule], *, momentum: float,
   }
   parts = [optax.multi_transform(groups, param_groups)]
   if l1_coef:
-    parts.insert(0, add_l1_subgradient(l1_coef, l1_scope))
+    parts.insert(0, add_l1_subgradient(l1_coef, l1_scope, l1_groups))
   return optax.chain(*parts)

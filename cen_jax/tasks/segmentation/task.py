@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from cen_jax.core import exchange_analysis
+from cen_jax.core import sparsity
 from cen_jax.tasks.segmentation import convert
 from cen_jax.tasks.segmentation import inference
 from cen_jax.tasks.segmentation import input_pipeline
@@ -51,10 +52,15 @@ def data_dir(config: ml_collections.ConfigDict,
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict,
-                   steps_per_epoch: int
+                   steps_per_epoch: int, *,
+                   l1_groups: sparsity.Groups = None
                    ) -> tuple[optax.GradientTransformation,
                               dict[str, optax.Schedule], int]:
-  """The two-group SGD of ``config.optim``; returns (tx, lr_fns, total)."""
+  """The two-group SGD of ``config.optim``; returns (tx, lr_fns, total).
+
+  ``l1_groups``: streams that exchange among themselves (``core.sparsity``);
+  None for all of them.
+  """
   o = optim_config
   boundaries = np.cumsum(
       [cadence.epochs_to_steps(e, steps_per_epoch) for e in o.stage_epochs])
@@ -72,7 +78,8 @@ def make_optimizer(optim_config: ml_collections.ConfigDict,
   tx = optim.make_optimizer(
       lr_fns, momentum=o.momentum, weight_decay=o.weight_decay,
       l1_coef=o.l1_coef, l1_scope=o.l1_scope,
-      reset_steps=stage_starts if o.reset_momentum_at_stages else ())
+      reset_steps=stage_starts if o.reset_momentum_at_stages else (),
+      l1_groups=l1_groups)
   return tx, lr_fns, total
 
 
