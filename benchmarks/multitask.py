@@ -42,17 +42,22 @@ from cen_jax.tasks.multitask import streams as streams_lib
 from cen_jax.tasks.segmentation import models
 from cen_jax.training import loop
 
+# allow_override: the tests import this script beside the other benchmarks,
+# which define flags of the same names; only the script run parses them.
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/multitask_quickstart.py',
-    'Base multitask config (configs/*.py).', lock_config=True)
+    'Base multitask config (configs/*.py).', lock_config=True,
+    allow_override=True)
 _WORKDIR_ROOT = flags.DEFINE_string(
     'workdir_root', None,
     'Parent of one workdir per model; a temporary directory, deleted at the '
-    'end, when unset.')
+    'end, when unset.', allow_override=True)
 _EPOCHS = flags.DEFINE_float(
     'epochs', None,
-    "Training epochs (one stage); default: the config's stage_epochs.")
-_SEED = flags.DEFINE_integer('seed', None, "Seed; default: the config's.")
+    "Training epochs (one stage); default: the config's stage_epochs.",
+    allow_override=True)
+_SEED = flags.DEFINE_integer('seed', None, "Seed; default: the config's.",
+                             allow_override=True)
 
 # Columns of the table: (task, metric, header, format).
 COLUMNS = (
