@@ -157,8 +157,14 @@ def delta_ms(results: dict[str, dict[str, float]], task_names: Sequence[str]
   baselines = {}
   for t in task_names:
     baselines.update(ensemble_results(results[f'only {t}'], (t,)))
-  return {name: metrics.delta_m(ensemble_results(s, task_names), baselines)
-          for name, s in results.items()}
+  out = {}
+  for name, s in results.items():
+    try:
+      out[name] = metrics.delta_m(ensemble_results(s, task_names), baselines)
+    except ValueError as e:  # a zero baseline (e.g. a very short run)
+      logging.warning('No Delta_m for %s: %s', name, e)
+      out[name] = float('nan')
+  return out
 
 
 def score_table(results: dict[str, dict[str, float]],

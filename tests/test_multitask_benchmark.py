@@ -1,6 +1,8 @@
 """benchmarks/multitask.py: which models it trains and its Delta_m, by hand
 (no training here)."""
 
+import math
+
 from etils import epath
 import pytest
 
@@ -59,3 +61,7 @@ def test_delta_m_over_the_single_task_models_by_hand():
                             ('semseg', 'depth'))
   assert table.splitlines()[-1].split() == [
       'CEN', '55.00', '80.00', '0.3000', '0.1000', '+8.75', '1']
+  # A zero baseline (a metric that never left 0) gives no Delta_m, not a
+  # crash at the end of a long benchmark.
+  results['only depth']['eval/depth/ensemble/abs_rel'] = 0.0
+  assert math.isnan(bench.delta_ms(results, ('semseg', 'depth'))['CEN'])
