@@ -217,6 +217,22 @@ def test_train_transform_draws_in_order():
   _assert_samples_equal(out, ip.to_example(ip.select(element), ('depth',)))
 
 
+def test_train_transform_without_augmentation_draws_only_the_crop():
+  element = _element(3, h=6, w=8)
+  rng = _ScriptedRng([2, 6], [])
+  transform = ip.TrainTransform(('rgb', 'depth'), crop_size=(3, 2),
+                                augment=False)
+  out = transform.random_map(element, rng)
+  assert rng.calls == [(0, 4), (0, 7)]
+  want = ip.to_example(ip.crop(ip.select(element), 2, 6, 3, 2),
+                       ('rgb', 'depth'))
+  _assert_samples_equal(out, want)
+  # No crop either: the example as stored.
+  out = ip.TrainTransform(('rgb',), augment=False).random_map(
+      element, _ScriptedRng([], []))
+  _assert_samples_equal(out, ip.to_example(ip.select(element), ('rgb',)))
+
+
 def test_train_transform_crop_checks():
   with pytest.raises(ValueError, match='crop_size must be'):
     ip.TrainTransform(('rgb',), crop_size=(0, 2))

@@ -341,7 +341,8 @@ class TrainTransform(grain.transforms.RandomMap):
 
   def __init__(self, inputs: Sequence[str], *,
                scales: Sequence[float] = SCALES,
-               crop_size: int | tuple[int, int] | None = None):
+               crop_size: int | tuple[int, int] | None = None,
+               augment: bool = True):
     """Builds the transform.
 
     Args:
@@ -349,6 +350,8 @@ class TrainTransform(grain.transforms.RandomMap):
       scales: the scales ``RandomScaleCrop`` chooses from (each >= 1).
       crop_size: an optional final random crop, ``(height, width)`` or a
         side; ``None`` keeps the full image.
+      augment: False skips the scale-crop and the flip (MTAN's paper
+        protocol: its published numbers use no augmentation).
 
     Raises:
       ValueError: unknown inputs, a scale below 1 or a bad ``crop_size``.
@@ -359,17 +362,19 @@ class TrainTransform(grain.transforms.RandomMap):
       raise ValueError(f'scales must be >= 1 (a window inside the image), '
                        f'got {scales!r}')
     self.crop_shape = _crop_shape(crop_size)
+    self.augment = bool(augment)
 
   def random_map(self, element: dict[str, Any],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
     sample = select(element)
     height, width = sample['label'].shape
-    sc = self.scales[int(rng.integers(len(self.scales)))]
-    i = int(rng.integers(0, height - int(height / sc) + 1))
-    j = int(rng.integers(0, width - int(width / sc) + 1))
-    sample = scale_crop(sample, sc, i, j)
-    if rng.random() < 0.5:
-      sample = flip(sample)
+    if self.augment:
+      sc = self.scales[int(rng.integers(len(self.scales)))]
+      i = int(rng.integers(0, height - int(height / sc) + 1))
+      j = int(rng.integers(0, width - int(width / sc) + 1))
+      sample = scale_crop(sample, sc, i, j)
+      if rng.random() < 0.5:
+        sample = flip(sample)
     if self.crop_shape is not None:
       ch, cw = self.crop_shape
       if height < ch or width < cw:
@@ -395,6 +400,7 @@ class EvalTransform(grain.transforms.Map):
 def train_loader(source, *, inputs: Sequence[str], batch_size: int,
                  seed: int, scales: Sequence[float] = SCALES,
                  crop_size: int | tuple[int, int] | None = None,
+                 augment: bool = True,
                  shard_index: int = 0, shard_count: int = 1,
                  worker_count: int = 0, worker_buffer_size: int = 1,
                  read_threads: int = 2,
@@ -411,6 +417,7 @@ def train_loader(source, *, inputs: Sequence[str], batch_size: int,
     seed: shuffling and augmentation seed (non-negative, 32-bit).
     scales: ``RandomScaleCrop``'s scales (MTAN: 1.0, 1.2, 1.5).
     crop_size: optional final random crop, ``(height, width)`` or a side.
+    augment: False skips the scale-crop and flip (``TrainTransform``).
     shard_index: this process's shard.
     shard_count: number of shards (processes).
     worker_count: grain worker processes; 0 = in this process. Workers read
@@ -430,7 +437,8 @@ def train_loader(source, *, inputs: Sequence[str], batch_size: int,
   """
   inputs = check_inputs(inputs)
   _check_source(source)
-  transform = TrainTransform(inputs, scales=scales, crop_size=crop_size)
+  transform = TrainTransform(inputs, scales=scales, crop_size=crop_size,
+                             augment=augment)
   return loaders.train_loader(
       source, transform, batch_size=batch_size, seed=seed,
       shard_index=shard_index, shard_count=shard_count,

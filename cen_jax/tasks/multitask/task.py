@@ -214,6 +214,7 @@ class Multitask:
     loader = functools.partial(
         input_pipeline.train_loader, train_source, inputs=self.modalities,
         crop_size=self._data.crop_size or None,
+        augment=bool(self._data.get('augment', True)),
         worker_count=self._data.worker_count)
     return self.trainer_for(
         cadence.steps_per_epoch(len(train_source), self.batch_size), loader)
