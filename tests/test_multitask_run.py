@@ -160,6 +160,7 @@ def test_encodings_by_hand():
   depth = modes.encode('depth', np.full((1, 1, 1), 1.2345))
   assert np.asarray(depth).dtype == np.uint16
   assert np.asarray(depth)[0, 0] == 1234  # round(1234.5) to even
+  assert np.asarray(modes.encode('depth', np.full((1, 1, 1), -0.5)))[0, 0] == 0
   normal = modes.encode('normals', np.array([[[0.0, 0.0, 2.0]]]))
   np.testing.assert_array_equal(np.asarray(normal)[0, 0], [128, 128, 255])
   seg = modes.encode('semseg', np.array([[[0.1, 0.9, 0.3]]]))
@@ -186,8 +187,10 @@ def test_predict_writes_each_tasks_ensemble(trained, tmp_path):
   seg = np.asarray(Image.open(out / 'semseg' / '1.png'))
   np.testing.assert_array_equal(seg, np.argmax(preds['semseg'][-1, 0], -1))
   depth = np.asarray(Image.open(out / 'depth' / '1.png'))
-  np.testing.assert_allclose(depth / 1000.0, preds['depth'][-1, 0, ..., 0],
-                             atol=6e-4)
+  # Millimetres, rounded; a negative prediction is written as 0.
+  np.testing.assert_allclose(
+      depth / 1000.0, np.maximum(preds['depth'][-1, 0, ..., 0], 0.0),
+      atol=6e-4)
   # One stream's output: only its task is written.
   only = run.predict(trained.config, str(trained.workdir), str(folder),
                      str(tmp_path / 'one'), checkpoint='best',
