@@ -160,7 +160,8 @@ def test_encodings_by_hand():
   depth = modes.encode('depth', np.full((1, 1, 1), 1.2345))
   assert np.asarray(depth).dtype == np.uint16
   assert np.asarray(depth)[0, 0] == 1234  # round(1234.5) to even
-  assert np.asarray(modes.encode('depth', np.full((1, 1, 1), -0.5)))[0, 0] == 0
+  negative = modes.encode('depth', np.full((1, 1, 1), -0.5))
+  assert np.asarray(negative)[0, 0] == 0
   normal = modes.encode('normals', np.array([[[0.0, 0.0, 2.0]]]))
   np.testing.assert_array_equal(np.asarray(normal)[0, 0], [128, 128, 255])
   seg = modes.encode('semseg', np.array([[[0.1, 0.9, 0.3]]]))
