@@ -21,6 +21,7 @@ from cen_jax.training import checkpointing
 from cen_jax.training import loop
 from cen_jax.training import parallel
 from configs import quickstart
+from tests import crash
 from tests import paths
 
 
@@ -121,23 +122,7 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch,
   run.train_and_evaluate(config(), str(straight))
 
   resumed = tmp_path / 'resumed'
-  real_jit = loop.jit_train_step
-
-  def crashing_jit(trainer, mesh):
-    fn, calls = real_jit(trainer, mesh), []
-
-    def step(*args):
-      calls.append(1)
-      if len(calls) == 3:  # after the checkpoint at step 2
-        raise KeyboardInterrupt('killed')
-      return fn(*args)
-
-    return step
-
-  monkeypatch.setattr(loop, 'jit_train_step', crashing_jit)
-  with pytest.raises(KeyboardInterrupt):
-    run.train_and_evaluate(config(), str(resumed))
-  monkeypatch.setattr(loop, 'jit_train_step', real_jit)
+  crash.train_killed_at_call(monkeypatch, config(), resumed)
   with checkpointing.Checkpointer(resumed) as ckpt:
     assert ckpt.latest_step == 2
   summary = run.train_and_evaluate(config(), str(resumed))

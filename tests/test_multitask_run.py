@@ -27,6 +27,7 @@ from cen_jax.tasks.multitask import task as task_lib
 from cen_jax.tasks.segmentation import export
 from cen_jax.training import loop
 from configs import multitask_quickstart
+from tests import crash
 
 NUM_STEPS = 4
 EVAL_STEPS = (2, 4)
@@ -119,23 +120,7 @@ def test_interrupted_run_resumes_bit_identical(trained, tmp_path,
                                                monkeypatch):
   config = trained.config.copy_and_resolve_references()
   resumed = tmp_path / 'resumed'
-  real_jit = loop.jit_train_step
-
-  def crashing_jit(trainer, mesh):
-    fn, calls = real_jit(trainer, mesh), []
-
-    def step(*args):
-      calls.append(1)
-      if len(calls) == 3:  # after the checkpoint at step 2
-        raise KeyboardInterrupt('killed')
-      return fn(*args)
-
-    return step
-
-  monkeypatch.setattr(loop, 'jit_train_step', crashing_jit)
-  with pytest.raises(KeyboardInterrupt):
-    run.train_and_evaluate(config, str(resumed))
-  monkeypatch.setattr(loop, 'jit_train_step', real_jit)
+  crash.train_killed_at_call(monkeypatch, config, resumed)
   assert run.train_and_evaluate(config, str(resumed)) == trained.evals[4]
   task = tasks.build(config, resumed)
   a, _ = loop.restore_variables(task, trained.workdir, 'latest')

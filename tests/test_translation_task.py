@@ -29,6 +29,7 @@ from cen_jax.training import loop
 from cen_jax.training import parallel
 from cen_jax.training.task import BestMetric
 from configs import translation_quickstart
+from tests import crash
 from tests import test_fid
 
 NUM_STEPS = 4
@@ -182,23 +183,7 @@ def test_interrupted_run_resumes_bit_identical(trained, tmp_path,
   critic and both Adam states as the uninterrupted run, bit for bit."""
   config = trained.config.copy_and_resolve_references()
   resumed = tmp_path / 'resumed'
-  real_jit = loop.jit_train_step
-
-  def crashing_jit(trainer, mesh):
-    fn, calls = real_jit(trainer, mesh), []
-
-    def step(*args):
-      calls.append(1)
-      if len(calls) == 3:  # after the checkpoint at step 2
-        raise KeyboardInterrupt('killed')
-      return fn(*args)
-
-    return step
-
-  monkeypatch.setattr(loop, 'jit_train_step', crashing_jit)
-  with pytest.raises(KeyboardInterrupt):
-    run.train_and_evaluate(config, str(resumed))
-  monkeypatch.setattr(loop, 'jit_train_step', real_jit)
+  crash.train_killed_at_call(monkeypatch, config, resumed)
   task = tasks.build(config, resumed)
   with loop.checkpointer(task, resumed, read_only=True) as ckpt:
     assert ckpt.latest_step == 2

@@ -124,15 +124,13 @@ class StreamCore:
   def __init__(self, model_config: Mapping[str, Any], streams: Streams):
     self.streams = streams
     s = streams
-    passes = s.passes or (tuple(range(len(s.names))),)
-    self._passes = passes
-    if len(passes) == 1:
+    if len(s.passes) == 1:
       self._tasks = (s.task_names,)
       self.models = (models.build(model_config, heads=s.heads,
                                   stream_heads=s.stream_heads),)
     else:
       self._tasks, built = [], []
-      for p in passes:
+      for p in s.passes:
         tasks = tuple(dict.fromkeys(s.tasks[i] for i in p))
         heads = tuple(h for h in s.heads if h[0] in tasks)
         self._tasks.append(tasks)
@@ -149,7 +147,7 @@ class StreamCore:
     if len(self.models) == 1:
       return self.models[0].init(rng, x, train=train)
     parts = []
-    for k, (p, model) in enumerate(zip(self._passes, self.models)):
+    for k, (p, model) in enumerate(zip(self.streams.passes, self.models)):
       parts.append((p, model.init(jax.random.fold_in(rng, k),
                                   x[np.asarray(p)], train=train)))
     return merge(parts, len(self.streams.names))
@@ -171,7 +169,7 @@ class StreamCore:
     size = x.shape[2:4]
     results, states = {}, []
     rows = list(x)
-    for k, (p, model) in enumerate(zip(self._passes, self.models)):
+    for k, (p, model) in enumerate(zip(self.streams.passes, self.models)):
       for i in p:
         if s.predicted[i]:
           task = s.predicted[i]

@@ -120,8 +120,8 @@ def train_step(state: State, batch: Batch, rng: jax.Array, *,
     total = sum(loss_weights[t] * per_task[t]['total'] for t in kinds)
     return total, (per_task, out['alpha'], mutated['batch_stats'])
 
-  grads, (per_task, alpha, batch_stats) = jax.grad(loss_fn, has_aux=True)(
-      state['params'])
+  (weighted, (per_task, alpha, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   l1 = optim.l1_value(state['params'], l1_scope, l1_groups)
   fractions = exchange.exchange_fractions(
@@ -133,7 +133,6 @@ def train_step(state: State, batch: Batch, rng: jax.Array, *,
       'batch_stats': batch_stats,
       'opt_state': opt_state,
   }
-  weighted = sum(loss_weights[t] * per_task[t]['total'] for t in kinds)
   step_metrics = {
       'loss': weighted + l1_coef * l1,
       'task_loss': weighted,

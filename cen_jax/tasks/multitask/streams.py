@@ -77,8 +77,8 @@ class Streams:
   stream_heads: tuple[int, ...]
   input_index: tuple[int, ...]
   names: tuple[str, ...]
-  predicted: tuple[str | None, ...] = ()
-  passes: tuple[tuple[int, ...], ...] = ()
+  predicted: tuple[str | None, ...]
+  passes: tuple[tuple[int, ...], ...]
 
   def streams_of(self, task: str) -> tuple[str, ...]:
     """The names of ``task``'s streams, in stream order."""

@@ -32,12 +32,12 @@ from cen_jax.tasks.multitask import input_pipeline
 from cen_jax.tasks.multitask import metrics
 from cen_jax.tasks.multitask import steps
 from cen_jax.tasks.multitask import streams as streams_lib
-from cen_jax.tasks.segmentation import convert
 from cen_jax.tasks.segmentation import metrics as seg_metrics
 from cen_jax.tasks.segmentation import models
 from cen_jax.tasks.segmentation.task import data_dir
 from cen_jax.tasks.segmentation.task import make_optimizer
 from cen_jax.tasks.segmentation.task import Trainer
+from cen_jax.tasks.segmentation.task import with_imagenet_encoder
 from cen_jax.training import cadence
 from cen_jax.training.task import BestMetric
 
@@ -177,13 +177,8 @@ class Multitask:
   def start_variables(self, rng: jax.Array) -> Any:
     """The random init, with the ImageNet encoder if the config names one
     (every stream's BN starts from the same ImageNet statistics)."""
-    variables = jax.jit(self.init_variables)(rng)
-    if self._imagenet_checkpoint:
-      logging.info('ImageNet initialisation of the encoder from %s',
-                   self._imagenet_checkpoint)
-      variables = convert.load_torchvision_resnet(self._imagenet_checkpoint,
-                                                  variables)
-    return variables
+    return with_imagenet_encoder(jax.jit(self.init_variables)(rng),
+                                 self._imagenet_checkpoint)
 
   # Data.
 

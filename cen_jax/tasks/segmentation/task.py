@@ -83,6 +83,16 @@ def make_optimizer(optim_config: ml_collections.ConfigDict,
   return tx, lr_fns, total
 
 
+def with_imagenet_encoder(variables: Any, checkpoint: str) -> Any:
+  """``variables`` with the encoder of a torchvision ResNet ``.pth`` if
+  ``checkpoint`` names one (every modality's or stream's BN gets the same
+  ImageNet statistics), else unchanged."""
+  if not checkpoint:
+    return variables
+  logging.info('ImageNet initialisation of the encoder from %s', checkpoint)
+  return convert.load_torchvision_resnet(checkpoint, variables)
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
   """The training side: the optimiser, its schedule and the train stream."""
@@ -142,13 +152,8 @@ class Segmentation:
 
   def start_variables(self, rng: jax.Array) -> Any:
     """The random init, with the ImageNet encoder if the config names one."""
-    variables = jax.jit(self.init_variables)(rng)
-    if self._imagenet_checkpoint:
-      logging.info('ImageNet initialisation of the encoder from %s',
-                   self._imagenet_checkpoint)
-      variables = convert.load_torchvision_resnet(self._imagenet_checkpoint,
-                                                  variables)
-    return variables
+    return with_imagenet_encoder(jax.jit(self.init_variables)(rng),
+                                 self._imagenet_checkpoint)
 
   # Data.
 
