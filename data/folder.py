@@ -24,7 +24,12 @@ Conventions shared by every builder in ``data/``:
   stored uncropped; one smaller than the mask is an error;
 * the optional ``hha`` feature is computed once at build time from the
   stored (uncropped) depth with ``data.hha`` and is cropped in the
-  pipeline like the depth.
+  pipeline like the depth;
+* the optional ``normal`` feature (for the multitask task's surface
+  normals) is likewise fitted once at build time to the stored depth with
+  ``data.normals`` and stored as float16 (H, W, 3), all zero where the
+  depth gives no plane; float16 keeps each component to 5e-4, i.e. the
+  direction to about 0.05 degrees.
 
 Every problem with the data (a missing or unreadable file, a malformed list
 line, misaligned shapes, out-of-range labels) stops the build with an error
@@ -48,6 +53,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from data import hha as hha_lib
+from data import normals as normals_lib
 from data.conventions import DEPTH_SCALE
 from data.conventions import IGNORE_LABEL
 # SUN RGB-D toolbox depth is clipped at 8 m when read.
@@ -274,7 +280,7 @@ def nyu_camera_matrix(depth_shape: tuple[int, int],
                                       *hha_lib.NYU_CROP_OFFSET)
   raise DataError(f'{path}: depth is {depth_shape[0]}x{depth_shape[1]}; NYU '
                   'intrinsics are known only for 480x640 and the 468x625 '
-                  'crop, give a camera matrix to compute HHA')
+                  'crop, give a camera matrix to compute HHA or normals')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,14 +291,17 @@ class Layout:
     class_names: K class names in label order.
     split_lists: split name -> list file, relative to the root.
     hha: whether to compute the ``hha`` feature.
+    normals: whether to compute the ``normal`` feature.
     camera_matrix: function ``(depth_shape, depth_path) -> (3, 3)`` giving
-      the intrinsics for HHA; only called when ``hha`` is True.
+      the intrinsics for HHA and normals; only called when one of them is
+      computed.
     label_convention: key of ``LABEL_CONVENTIONS``.
     depth_encoding: key of ``DEPTH_ENCODINGS``.
   """
   class_names: tuple[str, ...]
   split_lists: Mapping[str, str] = dataclasses.field(default_factory=dict)
   hha: bool = False
+  normals: bool = False
   camera_matrix: Callable[[tuple[int, int], pathlib.Path], np.ndarray] = (
       nyu_camera_matrix)
   label_convention: str = 'cen'
@@ -314,16 +323,18 @@ def fixed_camera_matrix(matrix) -> Callable[..., np.ndarray]:
   return lambda shape, path: k
 
 
-def features(with_hha: bool) -> tfds.features.FeaturesDict:
+def features(with_hha: bool,
+             with_normals: bool = False) -> tfds.features.FeaturesDict:
   """The TFDS features of every RGB-D segmentation builder here.
 
   Args:
     with_hha: add the ``hha`` feature.
+    with_normals: add the ``normal`` feature.
 
   Returns:
     ``rgb`` uint8 (H, W, 3) PNG, ``depth`` uint16 (H, W) as stored,
-    ``label`` uint8 (H, W), ``name`` text, and optionally ``hha`` uint8
-    (H, W, 3) PNG.
+    ``label`` uint8 (H, W), ``name`` text, optionally ``hha`` uint8
+    (H, W, 3) PNG and ``normal`` float16 (H, W, 3).
   """
   spec = {
       'rgb': tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
@@ -335,6 +346,10 @@ def features(with_hha: bool) -> tfds.features.FeaturesDict:
   }
   if with_hha:
     spec['hha'] = tfds.features.Image(shape=(None, None, 3), dtype=np.uint8)
+  if with_normals:
+    spec['normal'] = tfds.features.Tensor(
+        shape=(None, None, 3), dtype=np.float16,
+        encoding=tfds.features.Encoding.ZLIB)
   return tfds.features.FeaturesDict(spec)
 
 
@@ -349,7 +364,8 @@ def dataset_info(builder: tfds.core.DatasetBuilder, layout: Layout, *,
       depth_scale=DEPTH_SCALE,
   )
   return tfds.core.DatasetInfo(
-      builder=builder, description=description, features=features(layout.hha),
+      builder=builder, description=description,
+      features=features(layout.hha, layout.normals),
       homepage=homepage, citation=citation, metadata=metadata,
       # Keep list-file order, so eval outputs line up with the list.
       disable_shuffling=True)
@@ -401,7 +417,8 @@ def load_example(root: pathlib.Path, entry: ListEntry,
     layout: conventions of this layout.
 
   Returns:
-    A TFDS example dict (``rgb`` and ``hha`` as PNG bytes).
+    A TFDS example dict (``rgb`` and ``hha`` as PNG bytes, ``normal``
+    float16).
 
   Raises:
     FileNotFoundError, DataError: naming the offending file.
@@ -418,10 +435,14 @@ def load_example(root: pathlib.Path, entry: ListEntry,
   _check_not_smaller(depth, depth_path, 'depth', label.shape, mask_path)
   example = {'rgb': encode_png(rgb), 'depth': depth, 'label': label,
              'name': example_name(entry.rgb)}
-  if layout.hha:
+  if layout.hha or layout.normals:
     k = layout.camera_matrix(depth.shape, depth_path)
+  if layout.hha:
     example['hha'] = encode_png(
         hha_lib.depth_to_hha(depth / DEPTH_SCALE, k))
+  if layout.normals:
+    example['normal'] = normals_lib.normals_from_depth(
+        depth / DEPTH_SCALE, k).astype(np.float16)
   return example
 
 
@@ -465,8 +486,10 @@ class RgbdFolderConfig(tfds.core.BuilderConfig):
     class_names: the K class names in label order (required).
     split_lists: split name -> list file relative to the manual directory.
     hha: compute the ``hha`` feature at build time.
+    normals: compute the ``normal`` feature (``data.normals``) at build
+      time.
     camera_matrix: 9 numbers (row-major 3x3 intrinsics, 1-based pixel
-      convention) for HHA; None means the NYU Kinect camera (480x640 or the
+      convention) for HHA and normals; None means the NYU Kinect camera (480x640 or the
       468x625 crop).
     label_convention: 'cen' (0..K-1, 255 ignore) or 'void0' (0 void,
       1..K classes).
@@ -477,6 +500,7 @@ class RgbdFolderConfig(tfds.core.BuilderConfig):
   split_lists: Mapping[str, str] = dataclasses.field(
       default_factory=lambda: {'train': 'train.txt', 'test': 'val.txt'})
   hha: bool = False
+  normals: bool = False
   camera_matrix: tuple[float, ...] | None = None
   label_convention: str = 'cen'
   depth_encoding: str = 'm5000'
@@ -486,7 +510,7 @@ class RgbdFolderConfig(tfds.core.BuilderConfig):
               if self.camera_matrix is not None else nyu_camera_matrix)
     return Layout(class_names=tuple(self.class_names),
                   split_lists=dict(self.split_lists), hha=self.hha,
-                  camera_matrix=camera,
+                  normals=self.normals, camera_matrix=camera,
                   label_convention=self.label_convention,
                   depth_encoding=self.depth_encoding)
 

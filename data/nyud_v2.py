@@ -3,9 +3,13 @@
 Built from a manual directory in the official CEN layout (see
 ``data/folder.py``): ``rgb/``, ``depth/``, ``masks/`` and the official
 ``train.txt`` (795 lines) and ``val.txt`` (654 lines, which becomes the
-``test`` split). Configs: ``nyud_v2`` (= ``nyud_v2/default``) and
+``test`` split). Configs: ``nyud_v2`` (= ``nyud_v2/default``),
 ``nyud_v2/hha``, which adds the ``hha`` feature computed at build time with
-the NYU Kinect intrinsics (480x640 depth, or the 468x625 crop).
+the NYU Kinect intrinsics (480x640 depth, or the 468x625 crop),
+``nyud_v2/normals``, which adds the ``normal`` feature (surface normals
+fitted to the depth with the same intrinsics by ``data.normals``, for the
+multitask task: NYUDv2's CEN release has no normals, so these are this
+project's derivation), and ``nyud_v2/hha_normals`` with both.
 
 Nothing is cropped at build time: CEN's RGB and masks are 468x625 while its
 depth PNGs are larger, and the input pipeline centre-crops RGB, depth and HHA
@@ -62,8 +66,9 @@ def labels40_from_nyuv2_meta(values: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(eq=False)
 class NyudV2Config(tfds.core.BuilderConfig):
-  """Attributes: hha: compute the ``hha`` feature at build time."""
+  """Attributes: hha, normals: compute ``hha`` / ``normal`` at build time."""
   hha: bool = False
+  normals: bool = False
 
 
 class NyudV2(tfds.core.GeneratorBasedBuilder):
@@ -75,6 +80,12 @@ class NyudV2(tfds.core.GeneratorBasedBuilder):
       NyudV2Config(name='default', description='RGB, depth, labels.'),
       NyudV2Config(name='hha', hha=True,
                    description='RGB, depth, labels and HHA.'),
+      NyudV2Config(name='normals', normals=True,
+                   description='RGB, depth, labels and surface normals '
+                   'fitted to the depth (data.normals).'),
+      NyudV2Config(name='hha_normals', hha=True, normals=True,
+                   description='RGB, depth, labels, HHA and surface '
+                   'normals.'),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   CEN's NYUDv2 data is not downloadable automatically. Get the archive
@@ -98,7 +109,8 @@ class NyudV2(tfds.core.GeneratorBasedBuilder):
 
   def _layout(self) -> folder.Layout:
     return folder.Layout(class_names=CLASS_NAMES, split_lists=SPLIT_LISTS,
-                         hha=self.builder_config.hha)
+                         hha=self.builder_config.hha,
+                         normals=self.builder_config.normals)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return folder.dataset_info(

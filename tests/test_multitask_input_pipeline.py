@@ -172,8 +172,8 @@ def test_model_inputs_imagenet_rgb_and_tiled_depth():
 
 
 @pytest.mark.parametrize('inputs, match', [
-    (('rgb', 'hha'), r"unknown input modality 'hha'; choose from "
-                     r"\('rgb', 'depth'\)"),
+    (('rgb', 'thermal'), r"unknown input modality 'thermal'; choose from "
+                         r"\('rgb', 'depth', 'hha'\)"),
     ((), 'at least one'),
     ('rgb', 'sequence of names'),
 ])
@@ -190,8 +190,12 @@ def test_source_without_multitask_features():
   info = types.SimpleNamespace(full_name='nyud_v2/default/1.0.0',
                                features={'rgb': 0, 'depth': 0, 'label': 0})
   source = types.SimpleNamespace(dataset_info=info)
-  with pytest.raises(ValueError, match=r"nyud_v2.*no feature \['image', "
-                     r"'normal'\]"):
+  # A CEN-layout source needs the normals fitted at build time.
+  with pytest.raises(ValueError, match=r"nyud_v2.*no feature \['normal'\].*"
+                     r"nyud_v2/normals"):
+    ip.eval_loader(source, inputs=('rgb',), batch_size=1)
+  info.features = {'image': 0, 'label': 0}
+  with pytest.raises(ValueError, match=r"no feature \['depth', 'normal'\]"):
     ip.eval_loader(source, inputs=('rgb',), batch_size=1)
 
 

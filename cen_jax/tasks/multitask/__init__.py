@@ -7,7 +7,8 @@ head and one alpha-ensemble per task.
 
 * ``streams``: parses and checks ``config.model.streams``; the task kinds
   (``semseg``, ``depth``, ``normals``), their primary and Delta_m metrics;
-* ``input_pipeline``: ``nyuv2_mtl`` / ``synthetic_mtl`` with MTAN's
+* ``input_pipeline``: ``nyuv2_mtl`` / ``synthetic_mtl``, and the CEN
+  layout with fitted normals (``nyud_v2/normals``), with MTAN's
   augmentation;
 * ``losses``: depth L1 and surface-normal cosine losses on valid pixels;
 * ``metrics``: streaming sums and final metrics of depth (abs err, abs rel,
@@ -16,7 +17,8 @@ head and one alpha-ensemble per task.
 * ``steps``: the pure train and eval steps; ``task.Multitask`` the task the
   loop drives; ``modes`` predict, analyze and export.
 
-Normals derived from depth are in ``data/normals.py``.
+Normals derived from depth (for ``nyud_v2/normals``) are in
+``data/normals.py``.
 """
 
 from cen_jax.tasks.multitask.task import Multitask

@@ -1,11 +1,21 @@
-"""Grain input pipeline for dense multitask learning (NYUv2 in MTAN's layout).
+"""Grain input pipeline for dense multitask learning.
 
-Examples are read with ``tfds.data_source`` from the ``nyuv2_mtl`` and
-``synthetic_mtl`` builders in ``data/`` (float32 ``image`` in [0, 1], uint8
-``label`` with 255 = ignore, float32 ``depth`` in metres with 0 = missing,
-float32 ``normal`` unit vectors in camera coordinates, X right, Y down,
-Z forward, all zero = missing) and fed by ``grain``; no TensorFlow is
-involved.
+Examples are read with ``tfds.data_source`` from two kinds of builders in
+``data/`` and fed by ``grain``; no TensorFlow is involved:
+
+* MTAN's layout, ``nyuv2_mtl`` and ``synthetic_mtl``: float32 ``image`` in
+  [0, 1], uint8 ``label`` with 255 = ignore, float32 ``depth`` in metres
+  with 0 = missing, float32 ``normal`` unit vectors in camera coordinates,
+  X right, Y down, Z forward, all zero = missing;
+* the CEN segmentation layout with normals, ``nyud_v2/normals`` (40
+  classes), ``nyud_v2/hha_normals`` or ``rgbd_folder`` with
+  ``normals=True``: uint8 ``rgb``, uint16 ``depth`` (metres x 5000), uint8
+  ``label``, float16 ``normal`` fitted to the depth at build time
+  (``data/normals.py``, this project's derivation) and optionally uint8
+  ``hha``. ``select`` converts them to the first kind's arrays after the
+  official ``CropAlignToMask`` (RGB, depth, HHA and normals centre-cropped
+  to the label's size): ``image = rgb / 255``, ``depth / 5000``,
+  ``hha / 255``.
 
 Training augmentation, MTAN's (github.com/lorenmt/mtan,
 ``im2im_pred/create_dataset.py``, ``NYUv2.__getitem__`` with
@@ -30,11 +40,15 @@ The draws come from grain's per-record generator in this order: the scale
 index, ``i``, ``j``, the flip, then the crop's top and left. Evaluation:
 no augmentation, full images.
 
+HHA, where an input, is scaled and flipped as the image (bilinear; no
+sign change under the flip: its channels are disparity, height and angle).
+
 Model inputs (``INPUTS``): ``'rgb'`` is the image normalised with the
 ImageNet mean and std of the segmentation pipeline, ``(x - mean) / std``;
 ``'depth'`` is the depth in metres tiled to 3 channels, without further
 normalisation (this project's choice: MTAN feeds only RGB; depth as an
-input is for the channel-exchanging model).
+input is for the channel-exchanging model); ``'hha'`` (CEN-layout builders
+that store it) is normalised like RGB, as in the segmentation pipeline.
 
 Batches are dicts of NumPy arrays:
 
@@ -62,13 +76,14 @@ from cen_jax.training import loaders
 import data
 from data import conventions
 
-INPUTS = ('rgb', 'depth')
+INPUTS = ('rgb', 'depth', 'hha')
 # MTAN's RandomScaleCrop scales.
 SCALES = (1.0, 1.2, 1.5)
 RGB_MEAN = seg_pipeline.RGB_MEAN
 RGB_STD = seg_pipeline.RGB_STD
-# The features every multitask builder stores.
+# The features of the MTAN-layout builders, and of the CEN-layout ones.
 FEATURES = ('image', 'label', 'depth', 'normal')
+CEN_FEATURES = ('rgb', 'label', 'depth', 'normal')
 # Datasets ``get_source`` generates when they are missing.
 _GENERATED = ('synthetic_mtl',)
 
@@ -83,7 +98,7 @@ def get_source(name: str, split: str, *, data_dir: str | pathlib.Path):
 
   Args:
     name: dataset name with optional config, e.g. ``'nyuv2_mtl'``,
-      ``'synthetic_mtl/tiny'``.
+      ``'synthetic_mtl/tiny'``, ``'nyud_v2/normals'``.
     split: ``'train'`` or ``'test'``.
     data_dir: the TFDS data directory.
 
@@ -125,17 +140,31 @@ def check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:
   return inputs
 
 
-def _check_source(source) -> None:
-  """A source with ``dataset_info`` must store every multitask feature."""
+def _check_source(source, inputs: Sequence[str] = ()) -> None:
+  """A source with ``dataset_info`` must store every feature needed.
+
+  Raises:
+    ValueError: a feature is missing; the message names the dataset, what
+      it has and a config that stores it.
+  """
   info = getattr(source, 'dataset_info', None)
   if info is None:
     return
-  missing = [f for f in FEATURES if f not in info.features]
+  have = set(info.features)
+  needed = CEN_FEATURES if 'rgb' in have else FEATURES
+  missing = [f for f in needed if f not in have]
   if missing:
-    raise ValueError(
-        f'{info.full_name} has no feature {missing}; it has '
-        f'{sorted(info.features)} (multitask reads nyuv2_mtl or '
-        'synthetic_mtl)')
+    hint = ('the CEN layout needs normals fitted at build time: '
+            'nyud_v2/normals, nyud_v2/hha_normals, or rgbd_folder with '
+            'normals=True' if 'rgb' in have else
+            'multitask reads nyuv2_mtl, synthetic_mtl, nyud_v2/normals or '
+            'nyud_v2/hha_normals')
+    raise ValueError(f'{info.full_name} has no feature {missing}; it has '
+                     f'{sorted(have)} ({hint})')
+  if 'hha' in inputs and 'hha' not in have:
+    raise ValueError(f'{info.full_name} has no feature hha for the input '
+                     f"'hha'; it has {sorted(have)} (use a config that "
+                     'computes it, e.g. nyud_v2/hha_normals)')
 
 
 # Resizing as PyTorch's F.interpolate, in NumPy.
@@ -218,17 +247,43 @@ def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
 # The augmentation, as pure functions of a sample and the draws.
 
 
-def select(element: dict[str, Any]) -> Sample:
+def select(element: dict[str, Any], inputs: Sequence[str] = ()) -> Sample:
   """The image, label, depth and normal of a decoded example, as arrays.
+
+  A CEN-layout example (``rgb``, uint16 ``depth``, float16 ``normal``) is
+  first centre-cropped to its label (``CropAlignToMask``) and converted:
+  ``image = rgb / 255``, ``depth / 5000`` (metres), ``hha / 255``.
+
+  Args:
+    element: a decoded example of either layout (module docstring).
+    inputs: the model's input modalities; ``'hha'`` among them adds the
+      ``'hha'`` array.
 
   Returns:
     ``{'image': (H, W, 3) float32, 'label': (H, W) uint8, 'depth': (H, W)
-    float32, 'normal': (H, W, 3) float32}``.
+    float32, 'normal': (H, W, 3) float32}`` and, with ``'hha'`` in
+    ``inputs``, ``'hha': (H, W, 3) float32`` in [0, 1].
   """
-  return {'image': np.asarray(element['image'], np.float32),
-          'label': np.asarray(element['label'], np.uint8),
-          'depth': np.asarray(element['depth'], np.float32),
-          'normal': np.asarray(element['normal'], np.float32)}
+  label = np.asarray(element['label'], np.uint8)
+  if 'image' in element:
+    sample = {'image': np.asarray(element['image'], np.float32),
+              'label': label,
+              'depth': np.asarray(element['depth'], np.float32),
+              'normal': np.asarray(element['normal'], np.float32)}
+    if 'hha' in inputs:
+      sample['hha'] = np.asarray(element['hha'], np.float32)
+    return sample
+
+  def aligned(key):
+    return seg_pipeline.align_to_mask(np.asarray(element[key]), label.shape)
+  sample = {'image': aligned('rgb').astype(np.float32) / np.float32(255),
+            'label': label,
+            'depth': (aligned('depth').astype(np.float32)
+                      * np.float32(1 / conventions.DEPTH_SCALE)),
+            'normal': aligned('normal').astype(np.float32)}
+  if 'hha' in inputs:
+    sample['hha'] = aligned('hha').astype(np.float32) / np.float32(255)
+  return sample
 
 
 def scale_crop(sample: Sample, sc: float, i: int, j: int) -> Sample:
@@ -242,19 +297,22 @@ def scale_crop(sample: Sample, sc: float, i: int, j: int) -> Sample:
 
   Returns:
     The ``(int(H / sc), int(W / sc))`` window at ``(i, j)`` resized back to
-    ``(H, W)``: image and normal bilinear (``align_corners=True``), label
-    and depth legacy nearest, and the depth divided by ``sc``.
+    ``(H, W)``: image, normal and HHA bilinear (``align_corners=True``),
+    label and depth legacy nearest, and the depth divided by ``sc``.
   """
   height, width = sample['label'].shape
   h, w = int(height / sc), int(width / sc)
   window = {k: x[i:i + h, j:j + w] for k, x in sample.items()}
-  return {
+  out = {
       'image': resize_bilinear(window['image'], height, width),
       'label': resize_nearest(window['label'], height, width),
       'depth': (resize_nearest(window['depth'], height, width)
                 / np.float32(sc)).astype(np.float32),
       'normal': resize_bilinear(window['normal'], height, width),
   }
+  if 'hha' in window:
+    out['hha'] = resize_bilinear(window['hha'], height, width)
+  return out
 
 
 def flip(sample: Sample) -> Sample:
@@ -287,13 +345,14 @@ def model_inputs(sample: Sample, inputs: Sequence[str]) -> np.ndarray:
   Returns:
     float32 ``(M, H, W, 3)``: ``'rgb'`` ``(image - mean) / std`` with the
     ImageNet mean and std (computed in float64, as the segmentation
-    pipeline), ``'depth'`` the depth in metres on all 3 channels.
+    pipeline), ``'hha'`` the same of the HHA in [0, 1], ``'depth'`` the
+    depth in metres on all 3 channels.
   """
   out = []
   for m in inputs:
-    if m == 'rgb':
-      x = ((sample['image'].astype(np.float64) - np.array(RGB_MEAN))
-           / np.array(RGB_STD))
+    if m in ('rgb', 'hha'):
+      x = ((sample['image' if m == 'rgb' else 'hha'].astype(np.float64)
+            - np.array(RGB_MEAN)) / np.array(RGB_STD))
     else:
       x = np.repeat(sample['depth'][..., None], 3, axis=-1)
     out.append(x.astype(np.float32))
@@ -366,7 +425,7 @@ class TrainTransform(grain.transforms.RandomMap):
 
   def random_map(self, element: dict[str, Any],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    sample = select(element)
+    sample = select(element, self.inputs)
     height, width = sample['label'].shape
     if self.augment:
       sc = self.scales[int(rng.integers(len(self.scales)))]
@@ -393,7 +452,7 @@ class EvalTransform(grain.transforms.Map):
     self.inputs = check_inputs(inputs)
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-    return to_example(select(element), self.inputs,
+    return to_example(select(element, self.inputs), self.inputs,
                       valid=not loaders.is_padding(element))
 
 
@@ -436,7 +495,7 @@ def train_loader(source, *, inputs: Sequence[str], batch_size: int,
     ValueError: unknown inputs, or a source without the multitask features.
   """
   inputs = check_inputs(inputs)
-  _check_source(source)
+  _check_source(source, inputs)
   transform = TrainTransform(inputs, scales=scales, crop_size=crop_size,
                              augment=augment)
   return loaders.train_loader(
@@ -474,7 +533,7 @@ def eval_loader(source, *, inputs: Sequence[str], batch_size: int,
     ValueError: unknown inputs, or a source without the multitask features.
   """
   inputs = check_inputs(inputs)
-  _check_source(source)
+  _check_source(source, inputs)
   return loaders.eval_loader(
       source, EvalTransform(inputs), batch_size=batch_size,
       shard_index=shard_index, shard_count=shard_count,

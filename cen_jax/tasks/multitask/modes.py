@@ -50,7 +50,8 @@ def find_examples(source: str, modalities: Sequence[str]
 
   ``rgb/<name>.png|jpg`` (8-bit colour) and, where a stream reads depth,
   ``depth/<name>.png`` (16-bit, millimetres) or ``depth/<name>.npy``
-  (float, metres; 0 = missing).
+  (float, metres; 0 = missing), and where one reads HHA, ``hha/<name>.png``
+  (8-bit colour, as ``data.hha.depth_to_hha`` writes it).
 
   Raises:
     FileNotFoundError: no ``rgb/`` folder or images, or an image without its
@@ -76,6 +77,12 @@ def find_examples(source: str, modalities: Sequence[str]
             f'{paths["rgb"]} has no depth: expected {root / "depth" / stem}'
             f'{{{",".join(DEPTH_SUFFIXES)}}}')
       paths['depth'] = depth
+    if 'hha' in modalities:
+      hha = _find(root / 'hha', stem, ('.png',))
+      if hha is None:
+        raise FileNotFoundError(
+            f'{paths["rgb"]} has no HHA: expected {root / "hha" / stem}.png')
+      paths['hha'] = hha
     examples.append(paths)
   return examples
 
@@ -83,9 +90,11 @@ def find_examples(source: str, modalities: Sequence[str]
 def load_sample(paths: dict[str, pathlib.Path]) -> dict[str, np.ndarray]:
   """``{'image': (H, W, 3) in [0, 1], 'depth': (H, W) metres}``.
 
+  With an ``'hha'`` path, also ``'hha': (H, W, 3)`` in [0, 1].
+
   Raises:
-    ValueError: an unreadable file, or depth of another size than the RGB
-      (the message names both files).
+    ValueError: an unreadable file, or depth or HHA of another size than
+      the RGB (the message names both files).
   """
   try:
     with Image.open(paths['rgb']) as im:
@@ -108,6 +117,17 @@ def load_sample(paths: dict[str, pathlib.Path]) -> dict[str, np.ndarray]:
       raise ValueError(f'{p}: depth is {depth.shape} but {paths["rgb"]} is '
                        f'{image.shape[:2]}')
     sample['depth'] = depth
+  if 'hha' in paths:
+    p = paths['hha']
+    try:
+      with Image.open(p) as im:
+        hha = np.asarray(im.convert('RGB'), np.float32) / 255.0
+    except OSError as e:
+      raise ValueError(f'{p}: unreadable HHA image ({e})') from e
+    if hha.shape != image.shape:
+      raise ValueError(f'{p}: HHA is {hha.shape[:2]} but {paths["rgb"]} is '
+                       f'{image.shape[:2]}')
+    sample['hha'] = hha
   return sample
 
 
@@ -255,6 +275,7 @@ def export_model(task: Multitask, workdir: str, output_dir: str, *,
           'normalisation': {
               'rgb': 'image in [0, 1], minus mean, divided by std',
               'depth': 'metres, tiled to 3 channels',
+              'hha': 'HHA image in [0, 1], minus mean, divided by std',
               'mean': list(input_pipeline.RGB_MEAN),
               'std': list(input_pipeline.RGB_STD)},
       },
