@@ -39,7 +39,7 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 # Config fields that define the model a checkpoint holds: using its
 # weights with other values is refused (eval, predict, analyze, export).
 MODEL_FIELDS = ('task', 'model.', 'data.modalities', 'data.inputs',
-                'data.target')
+                'data.target', 'data.targets')
 # ... and, for resuming training, those that define the data position too.
 TRAINING_FIELDS = MODEL_FIELDS + ('data.name', 'data.crop_size',
                                   'data.scale_range', 'data.shorter_side',

@@ -52,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   # texture -> rgb); M = len(inputs), any M >= 1.
   c.data.inputs = ('reshading', 'edge_texture')
   c.data.target = 'rgb'  # Not among the inputs.
+  # Multitask translation: two or more target domains, each with its own
+  # generator head, ensemble and critic (configs/taskonomy_multitask.py);
+  # set config.data.target to '' then. () = the one target above.
+  c.data.targets = ()
   c.data.load_size = 286  # Training resize before the random crop.
   c.data.crop_size = 256  # Random training crop; eval resizes to this.
   c.data.worker_count = 0  # grain worker processes (0 = main process).

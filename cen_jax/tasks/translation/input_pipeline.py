@@ -31,7 +31,9 @@ Batches are dicts of NumPy arrays:
 
 * ``'inputs'``: float32 ``(B, M, S, S, 3)``, the M input domains in the
   order of ``inputs``;
-* ``'target'``: float32 ``(B, S, S, 3)``;
+* ``'target'``: float32 ``(B, S, S, 3)``; with several target domains
+  (multitask translation, ``target`` a sequence), ``(B, T, S, S, 3)`` in
+  the order given;
 * ``'valid'``: bool ``(B,)``, False only for the padding examples that fill
   the last eval batch(es) (their images are 0);
 * ``'index'``: int32 ``(B,)``, eval batches only: the example's position in
@@ -43,7 +45,7 @@ each epoch with a partial batch (of size 0 at the official batch size 1).
 """
 
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import grain
 import numpy as np
@@ -52,6 +54,9 @@ from PIL import Image
 from cen_jax.training import loaders
 import data
 from data import taskonomy
+
+# One target domain, or a sequence of them (multitask translation).
+Target = Union[str, Sequence[str]]
 
 # Datasets ``get_source`` generates when they are missing.
 _GENERATED = ('synthetic_taskonomy',)
@@ -94,38 +99,55 @@ def domains(source) -> tuple[str, ...]:
   return tuple(info.metadata['domains'])
 
 
+def target_tuple(target: Target) -> tuple[str, ...]:
+  """``'rgb'`` -> ``('rgb',)``; a sequence of targets as a tuple."""
+  return (target,) if isinstance(target, str) else tuple(target)
+
+
 def check_names(inputs: Sequence[str],
-                target: str) -> tuple[tuple[str, ...], str]:
+                target: Target) -> tuple[tuple[str, ...], Target]:
   """Checks ``inputs -> target`` without reading data.
 
+  Args:
+    inputs: input domain names.
+    target: a target domain name, or a sequence of them (multitask).
+
   Returns:
-    ``(inputs, target)`` with ``inputs`` a tuple.
+    ``(inputs, target)`` with ``inputs`` (and a sequence ``target``) a
+    tuple.
 
   Raises:
     ValueError: an unknown domain name (listing the official ones), no
-      input, or the target among the inputs.
+      input, no target, a repeated target, or a target among the inputs.
   """
   inputs = taskonomy.check_domains(inputs)
-  (target,) = taskonomy.check_domains([target])
+  targets = taskonomy.check_domains(target_tuple(target))
   if not inputs:
     raise ValueError(f'give at least one input domain from '
                      f'{taskonomy.DOMAINS}')
-  if target in inputs:
-    raise ValueError(f'target {target!r} is also an input {inputs}')
-  return inputs, target
+  if not targets:
+    raise ValueError(f'give at least one target domain from '
+                     f'{taskonomy.DOMAINS}')
+  if len(set(targets)) < len(targets):
+    raise ValueError(f'targets {targets} name a domain twice')
+  for t in targets:
+    if t in inputs:
+      raise ValueError(f'target {t!r} is also an input {inputs}')
+  return inputs, (target if isinstance(target, str) else targets)
 
 
 def check_domains(source, inputs: Sequence[str],
-                  target: str) -> tuple[tuple[str, ...], str]:
+                  target: Target) -> tuple[tuple[str, ...], Target]:
   """Checks that ``inputs -> target`` is a translation the source can feed.
 
   Args:
     source: a source from ``get_source``.
     inputs: input domain names, at least one.
-    target: the target domain name, not among ``inputs``.
+    target: the target domain name, not among ``inputs``, or a sequence
+      of them.
 
   Returns:
-    ``(inputs, target)`` with ``inputs`` a tuple.
+    ``(inputs, target)`` as ``check_names``.
 
   Raises:
     ValueError: as ``check_names``, or a domain the dataset does not store
@@ -133,7 +155,7 @@ def check_domains(source, inputs: Sequence[str],
   """
   inputs, target = check_names(inputs, target)
   stored = domains(source)
-  for d in inputs + (target,):
+  for d in inputs + target_tuple(target):
     if d not in stored:
       raise ValueError(f'{source.dataset_info.full_name} has no domain '
                        f'{d!r}; it stores {stored}')
@@ -182,10 +204,10 @@ def normalise(images: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def positions(stored: Sequence[str], inputs: Sequence[str],
-              target: str) -> tuple[int, ...]:
-  """Indices into an example's ``images``: the inputs, then the target."""
+              target: Target) -> tuple[int, ...]:
+  """Indices into an example's ``images``: the inputs, then the target(s)."""
   stored = tuple(stored)
-  return tuple(stored.index(d) for d in (*inputs, target))
+  return tuple(stored.index(d) for d in (*inputs, *target_tuple(target)))
 
 
 def select(element: dict[str, Any], indices: Sequence[int]
@@ -194,25 +216,30 @@ def select(element: dict[str, Any], indices: Sequence[int]
   return [np.asarray(element['images'][i]) for i in indices]
 
 
-def _batch_element(images: list[np.ndarray], valid: bool
-                   ) -> dict[str, np.ndarray]:
+def _batch_element(images: list[np.ndarray], valid: bool,
+                   target: Target = 'rgb') -> dict[str, np.ndarray]:
+  """The inputs, then one target image, or ``(T, H, W, 3)`` for several."""
   x = normalise(images)
   if not valid:
     x = np.zeros_like(x)
-  return {'inputs': x[:-1], 'target': x[-1], 'valid': np.bool_(valid)}
+  if isinstance(target, str):
+    return {'inputs': x[:-1], 'target': x[-1], 'valid': np.bool_(valid)}
+  num_targets = len(target)
+  return {'inputs': x[:-num_targets], 'target': x[-num_targets:],
+          'valid': np.bool_(valid)}
 
 
 class TrainTransform(grain.transforms.RandomMap):
   """Official training augmentation of one decoded example."""
 
   def __init__(self, stored: Sequence[str], inputs: Sequence[str],
-               target: str, *, load_size: int, crop_size: int):
+               target: Target, *, load_size: int, crop_size: int):
     """Builds the transform.
 
     Args:
       stored: the dataset's domains, in storage order.
       inputs: input domains in output order.
-      target: the target domain.
+      target: the target domain, or a sequence of them.
       load_size: side after the resize.
       crop_size: side of the random crop (the output size).
     """
@@ -220,6 +247,7 @@ class TrainTransform(grain.transforms.RandomMap):
       raise ValueError(f'need 0 < crop_size <= load_size, got crop_size '
                        f'{crop_size} and load_size {load_size}')
     self.indices = positions(stored, inputs, target)
+    self.target = target
     self.load_size = load_size
     self.crop_size = crop_size
 
@@ -233,39 +261,43 @@ class TrainTransform(grain.transforms.RandomMap):
     images = [crop(x, top, left, self.crop_size) for x in images]
     if rng.random() < 0.5:
       images = [x[:, ::-1] for x in images]
-    return _batch_element(images, valid=True)
+    return _batch_element(images, valid=True, target=self.target)
 
 
 class EvalTransform(grain.transforms.Map):
   """Official ``Resize(size)`` and normalisation; padding is blanked."""
 
   def __init__(self, stored: Sequence[str], inputs: Sequence[str],
-               target: str, *, size: int):
+               target: Target, *, size: int):
     self.indices = positions(stored, inputs, target)
+    self.target = target
     self.size = size
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
     images = select(element, self.indices)
     shape = eval_size(*images[0].shape[:2], self.size)
     images = [resize(x, *shape) for x in images]
-    out = _batch_element(images, valid=not loaders.is_padding(element))
+    out = _batch_element(images, valid=not loaders.is_padding(element),
+                         target=self.target)
     out['index'] = np.int32(loaders.record_index(element))
     return out
 
 
 def eval_element(element: dict[str, Any], inputs: Sequence[str],
-                 target: str, size: int, stored: Sequence[str]
+                 target: Target, size: int, stored: Sequence[str]
                  ) -> dict[str, np.ndarray]:
   """One decoded example as evaluation sees it: ``{'inputs': (M, H, W, 3),
-  'target': (H, W, 3)}`` float32 in [-1, 1]."""
+  'target': (H, W, 3)}`` (``(T, H, W, 3)`` for several targets) float32 in
+  [-1, 1]."""
   images = select(element, positions(stored, inputs, target))
   shape = eval_size(*images[0].shape[:2], size)
-  return _batch_element([resize(x, *shape) for x in images], valid=True)
+  return _batch_element([resize(x, *shape) for x in images], valid=True,
+                        target=target)
 
 
 def train_loader(source, *, batch_size: int, seed: int,
                  inputs: Sequence[str] = ('reshading', 'edge_texture'),
-                 target: str = 'rgb', load_size: int = 286,
+                 target: Target = 'rgb', load_size: int = 286,
                  crop_size: int = 256, shard_index: int = 0,
                  shard_count: int = 1, worker_count: int = 0,
                  worker_buffer_size: int = 1, read_threads: int = 2,
@@ -280,7 +312,8 @@ def train_loader(source, *, batch_size: int, seed: int,
     seed: shuffling and augmentation seed (non-negative, 32-bit).
     inputs: input domains in output order (official default: shading and
       texture edges, ``-i 2 7 0``).
-    target: the target domain.
+    target: the target domain, or a sequence of them (``'target'`` then
+      ``(B, T, S, S, 3)``).
     load_size: side of the resize before cropping (official 286).
     crop_size: side of the random crop, the output size (official 256).
     shard_index: this process's shard.
@@ -308,7 +341,8 @@ def train_loader(source, *, batch_size: int, seed: int,
 
 def eval_loader(source, *, batch_size: int,
                 inputs: Sequence[str] = ('reshading', 'edge_texture'),
-                target: str = 'rgb', size: int = 256, shard_index: int = 0,
+                target: Target = 'rgb', size: int = 256,
+                shard_index: int = 0,
                 shard_count: int = 1, worker_count: int = 0,
                 read_threads: int = 2,
                 read_buffer_size: int = 16) -> grain.DataLoader:
@@ -323,7 +357,7 @@ def eval_loader(source, *, batch_size: int,
     source: a source from ``get_source``.
     batch_size: examples per batch in this process.
     inputs: input domains in output order.
-    target: the target domain.
+    target: the target domain, or a sequence of them.
     size: the official ``Resize(size)``: shorter side (official 256).
     shard_index: this process's shard.
     shard_count: number of shards (processes).

@@ -12,6 +12,17 @@ are combined by a learned softmax ensemble of their detached values.
 The discriminator (§8.3) is one fully shared PatchGAN, its InstanceNorms
 included, applied to ``concat(input_m, image_m)`` for every modality.
 
+Multitask translation (the TPAMI paper's multitask scenario, this
+project's reading: the paper's architecture is not available): with
+``Generator(heads=(t_1, ..., t_T))`` the M inputs feed T x M *streams*,
+stream ``s = t * M + m`` translating input m to target t. Every conv is
+shared by all streams, every InstanceNorm is private to a stream, the
+exchange runs over all T x M, and each target has its own final transposed
+conv (``deconv<n>_<target>``, the task-specific head) and its own softmax
+ensemble over its M streams. ``Discriminators`` holds one PatchGAN per
+target. With ``heads=()`` (one target) the networks and their variables are
+the official ones.
+
 Official quirks kept: the skips carry ``LeakyReLU(0.2)(enc_k)`` (the next
 block's in-place activation overwrites ``enc_k``), dropout 0.5 follows the
 InstanceNorm of the first three decoder blocks, and the unused
@@ -21,6 +32,7 @@ map one to one.
 """
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any
@@ -155,6 +167,8 @@ class Generator(nn.Module):
     norm_momentum: Flax momentum of the running statistics (PyTorch 0.1).
     norm_epsilon: InstanceNorm epsilon.
     dtype: computation dtype; outputs are float32.
+    heads: target names of a multitask generator (T >= 2 of them); empty
+      for the single-target network.
   """
   exchange: exchange_lib.Exchange
   ngf: int = 64
@@ -165,6 +179,7 @@ class Generator(nn.Module):
   norm_momentum: float = 0.9
   norm_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  heads: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False,
@@ -187,9 +202,14 @@ class Generator(nn.Module):
     Returns:
       ``'outputs'`` ``(M, B, H, W, out_channels)`` in [-1, 1],
       ``'ensemble'`` ``(B, H, W, out_channels)`` and ``'alpha'`` ``(M,)``,
-      the softmax ensemble weights. All float32.
+      the softmax ensemble weights. All float32. With ``heads``, a leading
+      target axis: ``(T, M, B, H, W, C)``, ``(T, B, H, W, C)``, ``(T, M)``.
     """
     num_modalities = x.shape[0]
+    num_targets = len(self.heads)
+    if self.heads:
+      # Streams s = t * M + m: every target's copy of the M inputs.
+      x = jnp.tile(x, (num_targets,) + (1,) * (x.ndim - 1))
     side = 2 ** self.num_downs
     if x.shape[2] % side or x.shape[3] % side:
       raise ValueError(
@@ -215,25 +235,43 @@ class Generator(nn.Module):
     out_widths = widths[-2::-1] + (self.out_channels,)
     for k, width in enumerate(out_widths, start=1):
       last = k == self.num_downs
-      y = DecoderBlock(
-          width, norm=not last,
+      block = functools.partial(
+          DecoderBlock, width, norm=not last,
           dropout_rate=self.dropout_rate if k <= self.dropout_blocks else 0.0,
-          norm_kwargs=norm_kwargs, dtype=self.dtype,
-          name=f'deconv{k}')(y, dropout=dropout)
+          norm_kwargs=norm_kwargs, dtype=self.dtype)
+      if last and self.heads:
+        # One final layer per target, on that target's M streams.
+        y = jnp.stack([
+            block(name=f'deconv{k}_{t}')(
+                y[i * num_modalities:(i + 1) * num_modalities],
+                dropout=dropout)
+            for i, t in enumerate(self.heads)])
+      else:
+        y = block(name=f'deconv{k}')(y, dropout=dropout)
       if not last:
         y = jnp.concatenate([y, skips[-k]], axis=-1)
     y = y.astype(jnp.float32)
     self.sow('intermediates', f'deconv{self.num_downs}_out', y)
     outputs = jnp.tanh(y)
-    alpha = self.param('alpha', nn.initializers.ones, (num_modalities,),
-                       jnp.float32)
-    alpha_soft = jax.nn.softmax(alpha)
+    shape = (num_targets, num_modalities) if self.heads else (num_modalities,)
+    alpha = self.param('alpha', nn.initializers.ones, shape, jnp.float32)
+    alpha_soft = jax.nn.softmax(alpha, axis=-1)
     # The ensemble trains only alpha: the branch outputs are detached.
     detached = jax.lax.stop_gradient(outputs)
-    ensemble = alpha_soft[0] * detached[0]
-    for m in range(1, num_modalities):
-      ensemble = ensemble + alpha_soft[m] * detached[m]
+    if self.heads:
+      ensemble = jnp.stack([_ensemble(alpha_soft[t], detached[t])
+                            for t in range(num_targets)])
+    else:
+      ensemble = _ensemble(alpha_soft, detached)
     return {'outputs': outputs, 'ensemble': ensemble, 'alpha': alpha_soft}
+
+
+def _ensemble(weights: jnp.ndarray, outputs: jnp.ndarray) -> jnp.ndarray:
+  """``sum_m weights[m] * outputs[m]``, accumulated in the official order."""
+  ensemble = weights[0] * outputs[0]
+  for m in range(1, outputs.shape[0]):
+    ensemble = ensemble + weights[m] * outputs[m]
+  return ensemble
 
 
 class Discriminator(nn.Module):
@@ -297,6 +335,43 @@ class Discriminator(nn.Module):
             dtype=self.dtype, name=f'conv{k}_norm')(y)
     y = y.astype(jnp.float32)[..., 0]
     return y.reshape((num_modalities, batch) + y.shape[1:])
+
+
+class Discriminators(nn.Module):
+  """One ``Discriminator`` per target of a multitask generator.
+
+  Attributes:
+    heads: the target names (the sub-modules' names).
+    ndf, n_layers, norm_momentum, norm_epsilon, dtype: as
+      ``Discriminator``'s.
+  """
+  heads: tuple[str, ...]
+  ndf: int = 64
+  n_layers: int = 3
+  norm_momentum: float = 0.9
+  norm_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jnp.ndarray, images: jnp.ndarray, *,
+               train: bool = False) -> jnp.ndarray:
+    """Scores each target's images with that target's critic.
+
+    Args:
+      inputs: ``(M, B, H, W, C)`` the generator's inputs.
+      images: ``(T, M, B, H, W, 3)`` the streams' outputs, or
+        ``(T, B, H, W, 3)``, each target's image for every input.
+      train: as ``Discriminator``'s.
+
+    Returns:
+      ``(T, M, B, h, w)`` float32 logits.
+    """
+    return jnp.stack([
+        Discriminator(ndf=self.ndf, n_layers=self.n_layers,
+                      norm_momentum=self.norm_momentum,
+                      norm_epsilon=self.norm_epsilon, dtype=self.dtype,
+                      name=t)(inputs, images[i], train=train)
+        for i, t in enumerate(self.heads)])
 
 
 def parameter_count(params: Any) -> int:

@@ -103,8 +103,12 @@ def predict(task: Translation, workdir: str, source: str, output_dir: str,
   branch); ``all/<name>_<output>.png`` for every output; and
   ``grid/<name>.png``: inputs | each branch | ensemble | target.
 
+  With several targets (multitask), per target ``<target>/<name>.png``,
+  ``all/<name>_<target>_<output>.png``, and one grid row per target (its
+  target image when ``source`` has that domain's folder).
+
   Returns:
-    ``{name: path of <name>.png}``.
+    ``{name: path of <name>.png}``, or ``{'<target>/<name>': path}``.
   """
   del unused  # Segmentation's options (crop_to_rgb) do not apply.
   if output not in task.output_names:
@@ -112,29 +116,42 @@ def predict(task: Translation, workdir: str, source: str, output_dir: str,
                      f'{list(task.output_names)}')
   variables, step = loop.restore_variables(task, workdir, checkpoint)
   generator = variables['generator']
-  with_target = (pathlib.Path(source) / task.target).is_dir()
-  domains = task.inputs + ((task.target,) if with_target else ())
-  examples = find_examples(source, domains)
+  shown = tuple(t for t in task.targets
+                if (pathlib.Path(source) / t).is_dir())
+  examples = find_examples(source, task.inputs + shown)
   translate = jax.jit(lambda v, x, i: steps.translate(
       task.generator, v, x, i, task.protocol))
   out = pathlib.Path(output_dir)
   for sub in ('all', 'grid'):
     (out / sub).mkdir(parents=True, exist_ok=True)
   written = {}
+  num_inputs = len(task.inputs)
   for i, (name, paths) in enumerate(examples.items()):
     images = _load(paths, task.crop_size)
-    x = jnp.asarray(images[:len(task.inputs)])[:, None]
+    x = jnp.asarray(images[:num_inputs])[:, None]
     result = np.asarray(translate(generator, x, jnp.array([i], jnp.int32)))
-    result = result[:, 0]
-    for o, image in zip(task.output_names, result):
-      Image.fromarray(to_uint8(image)).save(out / 'all' / f'{name}_{o}.png')
-    chosen = result[task.output_names.index(output)]
-    written[name] = out / f'{name}.png'
-    Image.fromarray(to_uint8(chosen)).save(written[name])
-    row = list(images[:len(task.inputs)]) + list(result)
-    if with_target:
-      row.append(images[-1])
-    Image.fromarray(to_uint8(np.concatenate(row, axis=1))).save(
+    # (T, M + 1, H, W, 3), T = 1 for one target.
+    result = result[..., 0, :, :, :].reshape(
+        (len(task.targets), len(task.output_names)) + result.shape[-3:])
+    rows = []
+    for t, target in enumerate(task.targets):
+      tag = f'{target}_' if task.multitask else ''
+      for o, image in zip(task.output_names, result[t]):
+        Image.fromarray(to_uint8(image)).save(
+            out / 'all' / f'{name}_{tag}{o}.png')
+      key = f'{target}/{name}' if task.multitask else name
+      written[key] = out / f'{key}.png'
+      written[key].parent.mkdir(parents=True, exist_ok=True)
+      chosen = result[t, task.output_names.index(output)]
+      Image.fromarray(to_uint8(chosen)).save(written[key])
+      row = list(images[:num_inputs]) + list(result[t])
+      if target in shown:
+        row.append(images[num_inputs + shown.index(target)])
+      rows.append(np.concatenate(row, axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)),
+                   constant_values=-1) for r in rows]
+    Image.fromarray(to_uint8(np.concatenate(rows, axis=0))).save(
         out / 'grid' / f'{name}.png')
   logging.info('Translated %d examples with step %d into %s', len(written),
                step, out)
@@ -154,7 +171,7 @@ def analyze(task: Translation, workdir: str, output_dir: str | None = None,
                      / str(step))
   paths, text = exchange_analysis.write_analysis(
       out, models.in_scales(variables['generator']['params']),
-      task.generator.exchange, task.inputs, norm_name='encoder IN',
+      task.generator.exchange, task.stream_names, norm_name='encoder IN',
       step=step)
   logging.info('Exchange analysis of step %d in %s:\n%s', step, out, text)
   return paths
@@ -168,8 +185,9 @@ def export_model(task: Translation, workdir: str, output_dir: str, *,
   """Writes ``params/`` (generator and discriminator weights),
   ``generator.jaxexport`` (``inputs (M, B, H, W, 3) in [-1, 1] -> (M + 1,
   B, H, W, 3)``, every branch then the ensemble, under the task's eval
-  protocol; with ``'official'`` example b's dropout is seeded by b) and
-  ``export.json`` (the contract).
+  protocol; with ``'official'`` example b's dropout is seeded by b;
+  ``(T, M + 1, B, H, W, 3)`` with T targets) and ``export.json`` (the
+  contract).
 
   Returns:
     ``{'params': dir, 'export': file, 'spec': file}``.
@@ -213,9 +231,11 @@ def export_model(task: Translation, workdir: str, output_dir: str, *,
                 'dtype': 'float32', 'domains': list(task.inputs),
                 'normalisation': 'official per-domain preprocessing to '
                                  'uint8, then x / 127.5 - 1'},
-      'output': {'shape': [len(task.inputs) + 1, b, height, width, 3],
+      'output': {'shape': ([len(task.targets)] if task.multitask else [])
+                          + [len(task.inputs) + 1, b, height, width, 3],
                  'dtype': 'float32', 'order': list(task.output_names),
-                 'meaning': f'{task.target} in [-1, 1]'},
+                 'targets': list(task.targets),
+                 'meaning': f'{", ".join(task.targets)} in [-1, 1]'},
   }, indent=2) + '\n')
   logging.info('Exported step %d to %s', step, out)
   return paths
@@ -240,7 +260,17 @@ def import_torch(task: Translation, workdir: str, torch_checkpoint: str, *,
 
   Returns:
     The directory written.
+
+  Raises:
+    ValueError: a multitask (several targets) run: the official code has
+      no such models.
   """
+  if task.multitask:
+    raise ValueError(
+        f'import_torch: {torch_checkpoint} cannot be imported into a run '
+        f'with several targets {task.targets}: the official CEN code '
+        'publishes single-target translation checkpoints only. Import into '
+        'a run with one config.data.target.')
   template = loop.abstract_variables(task)
   variables = {'generator': convert.from_torch_state_dict(
       convert.load_torch_state_dict(torch_checkpoint,

@@ -12,6 +12,13 @@ Evaluation reports, for every branch and the ensemble, the L1 and RMSE of
 the [-1, 1] images (as the official log) and, when the Inception weights
 are configured, FID and KID; the best checkpoint has the lowest FID over the
 outputs (the official "best FID"), or the lowest ensemble L1 without FID.
+
+Multitask translation: ``config.data.targets`` (two or more target
+domains, replacing ``config.data.target``) gives the generator one head per
+target and T x M streams (``models``), one critic per target, and reports
+``eval/<target>/<output>/<metric>``; the best checkpoint then has the
+lowest mean over targets of the lowest FID (``eval/mean_min_fid``), or of
+the ensemble L1 (``eval/mean_ensemble_l1``).
 """
 
 import dataclasses
@@ -57,9 +64,13 @@ def data_dir(config: ml_collections.ConfigDict,
   return str(epath.Path(workdir) / 'tfds')
 
 
-def build_models(model_config: Any) -> tuple[models.Generator,
-                                             models.Discriminator]:
-  """The generator and discriminator of ``config.model``."""
+def build_models(model_config: Any, heads: tuple[str, ...] = ()
+                 ) -> tuple[models.Generator, Any]:
+  """The generator and discriminator of ``config.model``.
+
+  With ``heads`` (multitask: the target domains), the generator has one
+  head per target and the critic is ``models.Discriminators``.
+  """
   c = model_config
   if c.dtype not in DTYPES:
     raise ValueError(f'Unknown dtype {c.dtype!r}; choose one of '
@@ -69,11 +80,31 @@ def build_models(model_config: Any) -> tuple[models.Generator,
       exchange=exchange_lib.get(c.exchange, **dict(c.exchange_kwargs or {})),
       ngf=c.ngf, num_downs=c.num_downs, dropout_rate=c.dropout_rate,
       dropout_blocks=c.dropout_blocks, norm_momentum=c.norm_momentum,
-      norm_epsilon=c.norm_epsilon, dtype=dtype)
-  discriminator = models.Discriminator(
-      ndf=c.ndf, n_layers=c.n_layers, norm_momentum=c.norm_momentum,
-      norm_epsilon=c.norm_epsilon, dtype=dtype)
+      norm_epsilon=c.norm_epsilon, dtype=dtype, heads=tuple(heads))
+  critic = dict(ndf=c.ndf, n_layers=c.n_layers, norm_momentum=c.norm_momentum,
+                norm_epsilon=c.norm_epsilon, dtype=dtype)
+  discriminator = (models.Discriminators(tuple(heads), **critic) if heads
+                   else models.Discriminator(**critic))
   return generator, discriminator
+
+
+def config_targets(data_config: Any) -> tuple[str, ...]:
+  """The target domains: ``data.targets`` if given, else ``data.target``.
+
+  Raises:
+    ValueError: ``targets`` names fewer than two domains (one target is
+      ``data.target``), or both fields are set.
+  """
+  targets = tuple(data_config.get('targets') or ())
+  if not targets:
+    return (str(data_config.target),)
+  if len(targets) < 2:
+    raise ValueError(f'config.data.targets {targets}: give two or more '
+                     'target domains, or one as config.data.target')
+  if data_config.get('target'):
+    raise ValueError(f'config.data.target {data_config.target!r} and '
+                     f'config.data.targets {targets} are both set; keep one')
+  return targets
 
 
 def make_optimizers(optim_config: Any
@@ -104,10 +135,15 @@ class Translation:
 
   Attributes:
     name: ``'translation'``.
-    best: the lowest FID over the outputs, or the lowest ensemble L1.
+    best: the lowest FID over the outputs, or the lowest ensemble L1 (for
+      several targets, their means over the targets).
     generator, discriminator: the modules.
-    inputs: input domains in model order; ``target``: the target domain.
-    output_names: the inputs, then ``'ensemble'``.
+    inputs: input domains in model order; ``target``: the target domain,
+      or the tuple of them (multitask); ``targets``: always a tuple.
+    multitask: more than one target.
+    stream_names: the inputs, or ``'<input>_<target>'`` for each of the
+      T x M streams (target-major).
+    output_names: the inputs, then ``'ensemble'`` (per target).
     batch_size: global training batch.
     eval_batch_size: configured eval batch.
     protocol: ``'official'`` (dropout on, per-image statistics) or
@@ -117,11 +153,17 @@ class Translation:
 
   def __init__(self, config: ml_collections.ConfigDict,
                workdir: epath.PathLike):
-    self.generator, self.discriminator = build_models(config.model)
+    self.targets = config_targets(config.data)
+    self.multitask = len(self.targets) > 1
+    self.target = self.targets if self.multitask else self.targets[0]
     self.inputs = tuple(config.data.inputs)
-    self.target = str(config.data.target)
     input_pipeline.check_names(self.inputs, self.target)
+    self.generator, self.discriminator = build_models(
+        config.model, self.targets if self.multitask else ())
     self.output_names = self.inputs + ('ensemble',)
+    self.stream_names = (tuple(f'{m}_{t}' for t in self.targets
+                               for m in self.inputs)
+                         if self.multitask else self.inputs)
     self.batch_size = int(config.optim.batch_size)
     self.eval_batch_size = int(config.eval.batch_size)
     self.protocol = str(config.eval.protocol)
@@ -134,7 +176,12 @@ class Translation:
     self._eval = config.eval
     self._data_dir = data_dir(config, workdir)
     self.inception_weights = os.path.expanduser(config.eval.inception_weights)
-    if self.inception_weights:
+    if self.multitask:
+      self.best = (BestMetric('eval/mean_min_fid', 'min', stored_as='fid')
+                   if self.inception_weights else
+                   BestMetric('eval/mean_ensemble_l1', 'min',
+                              stored_as='l1'))
+    elif self.inception_weights:
       self.best = BestMetric('eval/min_fid', 'min', stored_as='fid')
     else:
       self.best = BestMetric('eval/ensemble/l1', 'min', stored_as='l1')
@@ -149,8 +196,10 @@ class Translation:
     """Random generator and discriminator (official N(0, 0.02) weights)."""
     g_rng, d_rng = jax.random.split(rng)
     x = self.dummy_input()
+    y = jnp.zeros((len(self.targets),) + x.shape[1:]) if self.multitask \
+        else x[0]
     return {'generator': self.generator.init(g_rng, x),
-            'discriminator': self.discriminator.init(d_rng, x, x[0])}
+            'discriminator': self.discriminator.init(d_rng, x, y)}
 
   def start_variables(self, rng: jax.Array) -> dict[str, Any]:
     return jax.jit(self.init_variables)(rng)
@@ -194,7 +243,7 @@ class Translation:
             steps.train_step, generator=self.generator,
             discriminator=self.discriminator, tx_g=tx_g, tx_d=tx_d,
             l1_weight=o.l1_weight, slim_coef=o.slim_coef,
-            modality_names=self.inputs, total_steps=total),
+            modality_names=self.stream_names, total_steps=total),
         loader=loader)
 
   # Evaluation.
@@ -227,35 +276,57 @@ class Translation:
         target=self.target, size=self.crop_size, shard_index=shard_index,
         shard_count=shard_count, worker_count=self._data.worker_count)
 
+  def prefixes(self) -> tuple[str, ...]:
+    """Summary key prefixes per target: ``'eval/'``, or ``'eval/<t>/'``."""
+    if self.multitask:
+      return tuple(f'eval/{t}/' for t in self.targets)
+    return ('eval/',)
+
   def summarize(self, totals: dict[str, Any]) -> dict[str, float]:
     """L1, RMSE and (with features) FID and KID of every output."""
     sums, rows = totals['sums'], totals.get('rows') or {}
     count = float(sums['count'])
     out = {}
-    for i, name in enumerate(self.output_names):
-      out[f'eval/{name}/l1'] = float(sums['l1'][i]) / count
-      out[f'eval/{name}/rmse'] = math.sqrt(float(sums['mse'][i]) / count)
-    if 'real' in rows:
-      real = rows['real']
-      rng = np.random.default_rng(int(self._eval.kid_seed))
+    rng = np.random.default_rng(int(self._eval.kid_seed))
+    for t, prefix in enumerate(self.prefixes()):
+      l1, mse = np.asarray(sums['l1']), np.asarray(sums['mse'])
+      fake = rows.get('fake')
+      real = rows.get('real')
+      if self.multitask:
+        l1, mse = l1[t], mse[t]
+        if fake is not None:
+          fake, real = fake[:, t], real[:, t]
       for i, name in enumerate(self.output_names):
-        fake = rows['fake'][:, i]
-        out[f'eval/{name}/fid'] = fid_lib.fid_from_features(fake, real)
-        out[f'eval/{name}/kid'] = fid_lib.kid(
-            fake, real, num_subsets=int(self._eval.kid_subsets),
-            subset_size=int(self._eval.kid_subset_size), rng=rng)
-      out['eval/min_fid'] = min(out[f'eval/{n}/fid']
-                                for n in self.output_names)
+        out[f'{prefix}{name}/l1'] = float(l1[i]) / count
+        out[f'{prefix}{name}/rmse'] = math.sqrt(float(mse[i]) / count)
+      if fake is not None:
+        for i, name in enumerate(self.output_names):
+          out[f'{prefix}{name}/fid'] = fid_lib.fid_from_features(
+              fake[:, i], real)
+          out[f'{prefix}{name}/kid'] = fid_lib.kid(
+              fake[:, i], real, num_subsets=int(self._eval.kid_subsets),
+              subset_size=int(self._eval.kid_subset_size), rng=rng)
+        out[f'{prefix}min_fid'] = min(out[f'{prefix}{n}/fid']
+                                      for n in self.output_names)
+    if self.multitask:
+      out['eval/mean_ensemble_l1'] = float(np.mean(
+          [out[f'{p}ensemble/l1'] for p in self.prefixes()]))
+      if 'fake' in rows:
+        out['eval/mean_min_fid'] = float(np.mean(
+            [out[f'{p}min_fid'] for p in self.prefixes()]))
     return out
 
   def format_summary(self, summary: dict[str, float]) -> str:
     parts = []
-    for name in self.output_names:
-      text = f'{name} L1 {summary[f"eval/{name}/l1"]:.4f}'
-      if f'eval/{name}/fid' in summary:
-        text += (f' FID {summary[f"eval/{name}/fid"]:.2f}'
-                 f' KID {summary[f"eval/{name}/kid"]:.3f}')
-      parts.append(text)
+    for target, prefix in zip(self.targets, self.prefixes()):
+      for name in self.output_names:
+        text = f'{name} L1 {summary[f"{prefix}{name}/l1"]:.4f}'
+        if self.multitask:
+          text = f'{target} {text}'
+        if f'{prefix}{name}/fid' in summary:
+          text += (f' FID {summary[f"{prefix}{name}/fid"]:.2f}'
+                   f' KID {summary[f"{prefix}{name}/kid"]:.3f}')
+        parts.append(text)
     return ', '.join(parts)
 
   def eval_images(self, variables: Any) -> dict[str, np.ndarray]:
@@ -263,22 +334,28 @@ class Translation:
     g = self.generator
     images = exchange_analysis.summary_images(
         models.in_scales(variables['generator']['params']),
-        g.exchange.weights, g.exchange.threshold, self.inputs)
+        g.exchange.weights, g.exchange.threshold, self.stream_names)
     out = {f'exchange/{k}': v[None] for k, v in images.items()}
     out['preview'] = self.preview(variables, self._eval_source[0])[None]
     return out
 
   def preview(self, variables: Any, element: dict[str, Any]) -> np.ndarray:
-    """``(H, W', 3)`` uint8: inputs | each output | ensemble | target."""
+    """``(H, W', 3)`` uint8: inputs | each output | ensemble | target, one
+    such row per target."""
     batch = input_pipeline.eval_element(
         element, self.inputs, self.target, self.crop_size,
         input_pipeline.domains(self._eval_source))
     x = jnp.asarray(batch['inputs'])[:, None]
-    images = _translate_jit(self.generator, self.protocol)(
-        variables['generator'], x, jnp.zeros((1,), jnp.int32))[:, 0]
-    row = list(batch['inputs']) + list(np.asarray(images)) + [
-        batch['target']]
-    return to_uint8(np.concatenate(row, axis=1))
+    images = np.asarray(_translate_jit(self.generator, self.protocol)(
+        variables['generator'], x, jnp.zeros((1,), jnp.int32)))
+    if not self.multitask:
+      images, targets = images[None], batch['target'][None]
+    else:
+      targets = batch['target']
+    rows = [np.concatenate(list(batch['inputs']) + list(images[t, :, 0])
+                           + [targets[t]], axis=1)
+            for t in range(len(self.targets))]
+    return to_uint8(np.concatenate(rows, axis=0))
 
   def write_report(self, directory: pathlib.Path, totals: dict[str, Any],
                    summary: dict[str, float]) -> str:
@@ -287,10 +364,14 @@ class Translation:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / 'scores.json').write_text(json.dumps(
         {k: round(v, 4) for k, v in summary.items()}, indent=2) + '\n')
-    text = scores_table(summary, self.output_names)
+    tables = []
+    for target, prefix in zip(self.targets, self.prefixes()):
+      table = scores_table(summary, self.output_names, prefix)
+      tables.append(f'**{target}**\n\n{table}' if self.multitask else table)
+    text = '\n\n'.join(tables)
     (directory / 'scores.md').write_text(
-        f'{", ".join(self.inputs)} -> {self.target}, {self.protocol} '
-        f'protocol\n\n{text}\n')
+        f'{", ".join(self.inputs)} -> {", ".join(self.targets)}, '
+        f'{self.protocol} protocol\n\n{text}\n')
     return text
 
 
@@ -306,13 +387,14 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
                  255).astype(np.uint8)
 
 
-def scores_table(summary: dict[str, float], names: tuple[str, ...]) -> str:
+def scores_table(summary: dict[str, float], names: tuple[str, ...],
+                 prefix: str = 'eval/') -> str:
   """A Markdown table: one row per output, L1 / RMSE / FID / KID."""
   metrics = [m for m in ('l1', 'rmse', 'fid', 'kid')
-             if f'eval/{names[0]}/{m}' in summary]
+             if f'{prefix}{names[0]}/{m}' in summary]
   lines = ['| output | ' + ' | '.join(m.upper() for m in metrics) + ' |',
            '|---|' + '---:|' * len(metrics)]
   for name in names:
     lines.append(f'| {name} | ' + ' | '.join(
-        f'{summary[f"eval/{name}/{m}"]:.4f}' for m in metrics) + ' |')
+        f'{summary[f"{prefix}{name}/{m}"]:.4f}' for m in metrics) + ' |')
   return '\n'.join(lines)
