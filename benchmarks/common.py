@@ -1,6 +1,7 @@
 """What the step benchmarks share: the header (the exact command and the
 machine), XLA's FLOP count, peak memory and the results table."""
 
+import re
 import resource
 import shlex
 from typing import Any, Sequence
@@ -71,3 +72,8 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
   labels = sorted({r['memory_label'] for r in rows.values()})
   lines.append(f'(peak memory: {", ".join(labels)})')
   return '\n'.join(lines)
+
+
+def workdir_name(name: str) -> str:
+  """A directory name for a model: ``'no exchange'`` -> ``'no_exchange'``."""
+  return re.sub(r'[^A-Za-z0-9_.-]', '_', name)

@@ -110,9 +110,7 @@ def variant_config(base: ml_collections.ConfigDict,
   return c
 
 
-def workdir_name(name: str) -> str:
-  """A directory name for a model: ``'no exchange'`` -> ``'no_exchange'``."""
-  return re.sub(r'[^A-Za-z0-9_.-]', '_', name)
+workdir_name = common.workdir_name
 
 
 def train_variant(config: ml_collections.ConfigDict,

@@ -259,8 +259,10 @@ def test_export_analyze_and_import_refusal(trained, tmp_path):
     (('normal',), '', r'two or more target domains'),
     (('normal', 'reshading'), 'rgb', r"'rgb' and config.data.targets .* "
                                       r'are both set'),
-    (('normal', 'normal'), '', r'name a domain twice'),
-    (('normal', 'rgb'), '', r"target 'rgb' is also an input"),
+    (('normal', 'normal'), '', r'config.data.targets: targets .* name a '
+                               r'domain twice'),
+    (('normal', 'rgb'), '', r"config.data.targets: target 'rgb' is also an "
+                            r'input'),
 ])
 def test_bad_targets_are_named(tmp_path, targets, target, message):
   c = _config(tmp_path)

@@ -379,10 +379,11 @@ def test_evaluation_with_fid_reports_every_output_and_the_min(
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('data.target', 'reshading', r"target 'reshading' is also an input "
-     r"\('reshading', 'edge_texture'\)"),
+    ('data.target', 'reshading', r"config.data.inputs / config.data.target: "
+     r"target 'reshading' is also an input \('reshading', 'edge_texture'\)"),
     ('data.inputs', ('reshading', 'shade'),
-     r"unknown Taskonomy domain 'shade'; choose from \('rgb', 'normal'"),
+     r"config.data.inputs / config.data.target: unknown Taskonomy domain "
+     r"'shade'; choose from \('rgb', 'normal'"),
     ('data.target', 'colour', r"unknown Taskonomy domain 'colour'"),
     ('eval.protocol', 'x', r"config.eval.protocol 'x': choose one of "
      r"\('official', 'deterministic'\)"),

@@ -6,7 +6,10 @@ import_torch). The networks (CEN U-Net generator, shared PatchGAN) are in
 ``models``, the official GAN losses in ``losses``, the steps in ``steps``,
 official-checkpoint conversion in ``convert``, the grain pipeline in
 ``input_pipeline`` and FID/KID with the FID Inception in ``fid`` and
-``inception``.
+``inception``. With ``config.data.targets`` the same task translates into
+several target domains at once (multitask translation: one generator head,
+ensemble and critic per target, exchange over every (input, target)
+stream; ``models``).
 """
 
 from cen_jax.tasks.translation.task import Translation

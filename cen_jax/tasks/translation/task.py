@@ -157,7 +157,12 @@ class Translation:
     self.multitask = len(self.targets) > 1
     self.target = self.targets if self.multitask else self.targets[0]
     self.inputs = tuple(config.data.inputs)
-    input_pipeline.check_names(self.inputs, self.target)
+    try:
+      input_pipeline.check_names(self.inputs, self.target)
+    except ValueError as e:
+      fields = 'config.data.inputs / ' + (
+          'config.data.targets' if self.multitask else 'config.data.target')
+      raise ValueError(f'{fields}: {e}') from e
     self.generator, self.discriminator = build_models(
         config.model, self.targets if self.multitask else ())
     self.output_names = self.inputs + ('ensemble',)
