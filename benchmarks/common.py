@@ -77,3 +77,32 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
 def workdir_name(name: str) -> str:
   """A directory name for a model: ``'no exchange'`` -> ``'no_exchange'``."""
   return re.sub(r'[^A-Za-z0-9_.-]', '_', name)
+
+
+def translation_variant(base: Any, *, root: Any, epochs: float | None,
+                        seed: int | None, exchange: str | None = None) -> Any:
+  """A copy of a translation ``base`` config for one benchmark model.
+
+  Args:
+    base: the benchmark's config.
+    root: the benchmark's workdir root; an empty ``data.data_dir`` becomes
+      ``<root>/tfds``, so the dataset is generated once for every model.
+    epochs: ``optim.num_epochs`` (a fraction allowed), or None.
+    seed: the seed, or None for the config's.
+    exchange: an exchange rule replacing the config's (its kwargs cleared),
+      or None.
+  """
+  c = base.copy_and_resolve_references()
+  if exchange is not None:
+    c.model.exchange = exchange
+    c.model.exchange_kwargs = {}
+  if not c.data.data_dir:
+    c.data.data_dir = str(root / 'tfds')
+  if epochs is not None:
+    with c.ignore_type():  # num_epochs is an int field; allow 0.5 too.
+      c.optim.num_epochs = int(epochs) if float(epochs).is_integer() else (
+          float(epochs))
+    c.optim.num_steps = -1  # Else a step count would override it.
+  if seed is not None:
+    c.seed = seed
+  return c

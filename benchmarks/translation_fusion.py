@@ -30,7 +30,6 @@ overridden, e.g. ``--config.optim.lr_g=2e-4``; running again with the same
 ``--workdir_root`` resumes (or re-evaluates) the runs found there.
 """
 
-import re
 import sys
 import tempfile
 import time
@@ -90,21 +89,9 @@ def variant_config(base: ml_collections.ConfigDict,
                    epochs: float | None, seed: int | None,
                    exchange: str | None = None) -> ml_collections.ConfigDict:
   """``base`` for one model: its inputs, the shared data and length."""
-  c = base.copy_and_resolve_references()
+  c = common.translation_variant(base, root=root, epochs=epochs, seed=seed,
+                                 exchange=exchange)
   c.data.inputs = tuple(inputs)
-  if exchange is not None:
-    c.model.exchange = exchange
-    c.model.exchange_kwargs = {}
-  if not c.data.data_dir:
-    # Generate the dataset once for every model instead of once per workdir.
-    c.data.data_dir = str(root / 'tfds')
-  if epochs is not None:
-    with c.ignore_type():  # num_epochs is an int field; allow 0.5 too.
-      c.optim.num_epochs = int(epochs) if float(epochs).is_integer() else (
-          float(epochs))
-    c.optim.num_steps = -1  # Else a step count would override it.
-  if seed is not None:
-    c.seed = seed
   if len(inputs) == 1:
     c.optim.slim_coef = 0.0
   return c

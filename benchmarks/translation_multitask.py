@@ -85,20 +85,8 @@ def variant_config(base: ml_collections.ConfigDict, targets: Sequence[str],
                    seed: int | None, exchange: bool = True
                    ) -> ml_collections.ConfigDict:
   """``base`` for one model: its targets, the shared data and length."""
-  c = base.copy_and_resolve_references()
-  if not exchange:
-    c.model.exchange = 'none'
-    c.model.exchange_kwargs = {}
-  if not c.data.data_dir:
-    # Generate the dataset once for every model instead of once per workdir.
-    c.data.data_dir = str(root / 'tfds')
-  if epochs is not None:
-    with c.ignore_type():  # num_epochs is an int field; allow 0.5 too.
-      c.optim.num_epochs = int(epochs) if float(epochs).is_integer() else (
-          float(epochs))
-    c.optim.num_steps = -1  # Else a step count would override it.
-  if seed is not None:
-    c.seed = seed
+  c = common.translation_variant(base, root=root, epochs=epochs, seed=seed,
+                                 exchange=None if exchange else 'none')
   targets = tuple(targets)
   if len(targets) == 1:
     c.data.target = targets[0]
