@@ -270,3 +270,35 @@ def test_bad_targets_are_named(tmp_path, targets, target, message):
   c.data.target = target
   with pytest.raises(ValueError, match=message):
     tasks.build(c, tmp_path)
+
+
+def test_summary_per_target_by_hand_and_best_is_the_mean_min_fid(tmp_path):
+  c = _config(tmp_path)
+  c.eval.inception_weights = str(tmp_path / 'never_read.pth')
+  task = tasks.build(c, tmp_path)
+  assert task.best.key == 'eval/mean_min_fid'
+  real = np.random.default_rng(0).normal(size=(6, 2, 3))  # (N, T, D)
+  # Each output is its target's real set shifted: equal covariances, so its
+  # FID is the squared shift.
+  shifts = np.array([[[3.0, 0, 0], [0, 1.0, 0]],    # normal: rgb, ensemble
+                     [[0, 0, 2.0], [0, 0, 0.5]]])   # reshading
+  fake = real[:, :, None] + shifts  # (N, T, M + 1, D)
+  sums = {'l1': np.array([[0.6, 1.2], [1.8, 0.3]]),
+          'mse': np.array([[0.24, 0.96], [1.5, 0.06]]), 'count': 6.0}
+  summary = task.summarize({'sums': sums,
+                            'rows': {'real': real, 'fake': fake}})
+  want_fid = {('normal', 'rgb'): 9.0, ('normal', 'ensemble'): 1.0,
+              ('reshading', 'rgb'): 4.0, ('reshading', 'ensemble'): 0.25}
+  for (target, output), fid in want_fid.items():
+    np.testing.assert_allclose(summary[f'eval/{target}/{output}/fid'], fid,
+                               rtol=1e-9)
+  assert summary['eval/normal/rgb/l1'] == pytest.approx(0.1)
+  assert summary['eval/reshading/ensemble/rmse'] == pytest.approx(0.1)
+  assert summary['eval/mean_ensemble_l1'] == pytest.approx((0.2 + 0.05) / 2)
+  assert summary['eval/mean_min_fid'] == pytest.approx((1.0 + 0.25) / 2)
+  text = task.format_summary(summary)
+  assert text.startswith('normal rgb L1 0.1000 FID 9.00')
+  assert 'reshading ensemble L1 0.0500 FID 0.25' in text
+  report = task.write_report(tmp_path / 'report', {}, summary)
+  assert report.startswith('**normal**\n\n| output | L1 | RMSE | FID | KID |')
+  assert '**reshading**' in report
