@@ -291,32 +291,33 @@ class Translation:
     """L1, RMSE and (with features) FID and KID of every output."""
     sums, rows = totals['sums'], totals.get('rows') or {}
     count = float(sums['count'])
+
+    def by_target(array, axis):  # One target: add its axis.
+      array = np.asarray(array)
+      return array if self.multitask else np.expand_dims(array, axis)
+    l1, mse = by_target(sums['l1'], 0), by_target(sums['mse'], 0)
+    if 'real' in rows:
+      real, fake = by_target(rows['real'], 1), by_target(rows['fake'], 1)
     out = {}
     rng = np.random.default_rng(int(self._eval.kid_seed))
     for t, prefix in enumerate(self.prefixes()):
-      l1, mse = np.asarray(sums['l1']), np.asarray(sums['mse'])
-      fake = rows.get('fake')
-      real = rows.get('real')
-      if self.multitask:
-        l1, mse = l1[t], mse[t]
-        if fake is not None:
-          fake, real = fake[:, t], real[:, t]
       for i, name in enumerate(self.output_names):
-        out[f'{prefix}{name}/l1'] = float(l1[i]) / count
-        out[f'{prefix}{name}/rmse'] = math.sqrt(float(mse[i]) / count)
-      if fake is not None:
+        out[f'{prefix}{name}/l1'] = float(l1[t, i]) / count
+        out[f'{prefix}{name}/rmse'] = math.sqrt(float(mse[t, i]) / count)
+      if 'real' in rows:
         for i, name in enumerate(self.output_names):
           out[f'{prefix}{name}/fid'] = fid_lib.fid_from_features(
-              fake[:, i], real)
+              fake[:, t, i], real[:, t])
           out[f'{prefix}{name}/kid'] = fid_lib.kid(
-              fake[:, i], real, num_subsets=int(self._eval.kid_subsets),
+              fake[:, t, i], real[:, t],
+              num_subsets=int(self._eval.kid_subsets),
               subset_size=int(self._eval.kid_subset_size), rng=rng)
         out[f'{prefix}min_fid'] = min(out[f'{prefix}{n}/fid']
                                       for n in self.output_names)
     if self.multitask:
       out['eval/mean_ensemble_l1'] = float(np.mean(
           [out[f'{p}ensemble/l1'] for p in self.prefixes()]))
-      if 'fake' in rows:
+      if 'real' in rows:
         out['eval/mean_min_fid'] = float(np.mean(
             [out[f'{p}min_fid'] for p in self.prefixes()]))
     return out
