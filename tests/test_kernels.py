@@ -156,3 +156,48 @@ def test_tiny_model_is_the_same_with_either_formulation():
   for a, b in zip(jax.tree.leaves(g_xla), jax.tree.leaves(g_cpu)):
     np.testing.assert_allclose(b, a, rtol=0,
                                atol=1e-5 * max(np.abs(a).max(), 1e-6))
+
+
+def test_add_relu_equals_relu_of_the_sum_with_relus_gradient():
+  # Ties (y == -x), zeros, infinities and NaN, then random values.
+  y = np.array([1., -1., 2., 0., -3., np.inf, -np.inf, np.nan, 5., -0.],
+               np.float32)
+  x = np.array([1., 1., -2., 0., 1., 1., 2., 1., np.inf, 0.], np.float32)
+  rng = np.random.default_rng(0)
+  y = np.concatenate([y, rng.standard_normal(50).astype(np.float32)])
+  x = np.concatenate([x, np.maximum(rng.standard_normal(50), 0)
+                      .astype(np.float32)])
+  g = np.arange(1, y.size + 1, dtype=np.float32)
+  want = np.maximum(y + x, 0)  # NaN stays NaN.
+  want_grad = np.where(y + x > 0, g, 0)  # jax.nn.relu: 0 at 0.
+  for impl in ('xla', 'cpu'):
+    out, vjp = jax.vjp(lambda a, b, impl=impl: kernels.add_relu(a, b, impl),
+                       jnp.asarray(y), jnp.asarray(x))
+    np.testing.assert_array_equal(out, want)
+    dy, dx = vjp(jnp.asarray(g))
+    np.testing.assert_array_equal(dy, want_grad)
+    np.testing.assert_array_equal(dx, want_grad)
+
+
+def test_add_relu_keeps_each_block_output_instead_of_recomputing_it():
+  """A K-block residual chain computes K ReLUs with 'cpu', not K(K+1)/2."""
+  k = 6
+
+  def chain(impl, x, ws):
+    outs = []
+    for i in range(k):
+      x = kernels.add_relu(jnp.dot(x, ws[i]) * 0.5 + 1.0, x, impl)
+      outs.append(x)
+    # Every block output has several consumers, as in ResNet: the next
+    # block's matmul and residual add, and here a sum.
+    return sum(jnp.dot(o, ws[0]).sum() for o in outs)
+
+  x, ws = jnp.ones((16, 8)), jnp.ones((k, 8, 8))
+  counts = {}
+  for impl in ('xla', 'cpu'):
+    hlo = jax.jit(chain, static_argnums=0).lower(impl, x, ws).compile()
+    counts[impl] = hlo.as_text().count(' maximum(')
+  # relu(y + x) is fused into every consumer of the block's output, the
+  # blocks before it included: XLA:CPU's quadratic recomputation.
+  assert counts['xla'] == k * (k + 1) // 2
+  assert counts['cpu'] == k

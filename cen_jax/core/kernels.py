@@ -1,7 +1,7 @@
-"""Backend-specific formulations of the shared conv's and max-pool's gradients.
+"""Backend-specific formulations of convs', max-pools' and residuals' work.
 
 Profiling the whole ResNet-101 CEN train step on XLA:CPU
-(``benchmarks/vs_official.py`` prints the breakdown) showed two slow spots:
+(``benchmarks/vs_official.py`` prints the breakdown) showed three slow spots:
 
 * the *weight gradient* of a convolution: XLA puts a layout transpose of the
   input activation in front of every weight-gradient convolution and, along
@@ -12,11 +12,15 @@ Profiling the whole ResNet-101 CEN train step on XLA:CPU
   read in their natural layout and nothing is recomputed;
 * the gradient of a max-pool goes through ``select_and_scatter``: 0.62 s
   for one of the RefineNet CRP blocks' 5x5 stride-1 pools at 240x320,
-  against 0.08 s for two separable shifted maxima.
+  against 0.08 s for two separable shifted maxima;
+* a residual block's output ``relu(y + x)``: XLA:CPU fuses it, and the
+  blocks before it, into every one of its consumers, so stage 3 of
+  ResNet-101 (23 blocks) recomputed its BN + add + ReLU chain quadratically
+  (``add_relu``; 0.65 s of a 7.3-8.0 s step).
 
-``'cpu'`` kernels replace exactly these gradients, keeping the forward pass
-(``lax.conv_general_dilated``, XLA's convolution) and the input gradient
-(XLA's transposed convolution) as they are; ``'xla'`` kernels are the plain
+``'cpu'`` kernels replace exactly these gradients and that ReLU, keeping
+the forward pass (``lax.conv_general_dilated``, XLA's convolution) and the
+input gradient (XLA's transposed convolution) as they are; ``'xla'`` kernels are the plain
 formulation XLA differentiates itself. ``'auto'`` picks ``'cpu'`` when JAX's
 default backend is the CPU and ``'xla'`` on GPU and TPU, where XLA's own
 gradients are fast (cuDNN, the TPU's convolution units). Both produce the
@@ -45,6 +49,49 @@ def resolve(kernels: str) -> str:
   if kernels == 'auto':
     return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
   return kernels
+
+
+@jax.custom_vjp
+def _add_relu_kept(y, x):
+  return jnp.maximum(y, -x) + x
+
+
+def _add_relu_kept_fwd(y, x):
+  out = _add_relu_kept(y, x)
+  return out, out
+
+
+def _add_relu_kept_bwd(out, g):
+  dy = jnp.where(out > 0, g, jnp.zeros_like(g))
+  return dy, dy
+
+
+_add_relu_kept.defvjp(_add_relu_kept_fwd, _add_relu_kept_bwd)
+
+
+def add_relu(y: jnp.ndarray, x: jnp.ndarray, kernels: str) -> jnp.ndarray:
+  """``relu(y + x)``, a residual block's output, computed once on the CPU.
+
+  XLA:CPU may duplicate an elementwise producer into each of its consumers
+  when the producer's last op is effectively unary, as ``relu`` is. Along
+  ResNet's residual chain that fuses the BN + add + ReLU of blocks 1..k into
+  every consumer of block k's output (its next residual add, the weight
+  gradient of the next conv, the ReLU masks of the backward pass): the work
+  grows with the square of the stage's depth (23 blocks in ResNet-101's
+  stage 3). ``optimization_barrier`` does not stop it: the CPU compiler
+  drops barriers before fusion.
+
+  With ``'cpu'`` the output is ``max(y, -x) + x``, a binary op, which XLA
+  keeps in memory for its consumers instead of duplicating it. It equals
+  ``relu(y + x)`` (``y + x`` when ``y > -x``, else exactly 0; NaN and inf
+  propagate alike), and the gradient is ReLU's, ``g`` where the output is
+  positive and 0 elsewhere for both ``y`` and ``x`` (as ``jax.nn.relu``,
+  whose gradient at 0 is 0), read from the kept output. ``'xla'``:
+  ``jax.nn.relu(y + x)``.
+  """
+  if resolve(kernels) == 'cpu':
+    return _add_relu_kept(y, x)
+  return jax.nn.relu(y + x)
 
 
 # ---------------------------------------------------------------------------

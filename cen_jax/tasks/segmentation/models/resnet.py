@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from cen_jax.core import exchange as exchange_lib
+from cen_jax.core import kernels as kernels_lib
 from cen_jax.core import layers
 
 STAGE_SIZES = {
@@ -87,7 +88,7 @@ class Bottleneck(nn.Module):
       x = conv(out, 1, in_features=cin, stride=self.stride,
                name='downsample_conv')(x)
       x = self.norm(name='downsample_bn')(x)
-    return nn.relu(y + x)
+    return kernels_lib.add_relu(y, x, self.kernels)
 
 
 class ResNetEncoder(nn.Module):
