@@ -11,7 +11,7 @@ paths: ``conv_input_grad``, ``conv_weight_grad``, ``max_pool``, ``exchange``,
 
 Categories, first match wins:
 
-* ``conv weight grad``: in a ``conv_weight_grad`` scope (the shifted-matmul
+* ``conv weight grad``: in a ``conv_weight_grad`` scope (the im2col-matmul
   formulation of ``cen_jax.core.kernels``), or an XLA convolution whose
   window has more taps than its output has positions (how XLA writes a
   kernel's gradient: the activation is the window);
