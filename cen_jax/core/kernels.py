@@ -122,9 +122,10 @@ def _weight_grad(x, g, kernel_shape, strides, padding):
   layout: transposing the input instead makes XLA:CPU copy the activations
   and, along ResNet's residual chain, recompute them inside the copy. One
   matmul over all taps keeps the CPU's cores busier than one per tap
-  (``(D, P) @ (P, C)`` per tap: 79 vs 71 ms for a 256-channel 3x3 conv at
-  4x60x80, 13.6 vs 10.0 ms at 64 channels, measured with XLA:CPU on 2
-  cores).
+  (``(D, P) @ (P, C)``), most of all at few channels or small images: the
+  ResNet-101 step (batch 2, 240x320, 2 cores) went from 7.80 to 6.83 s,
+  and to 6.80 from 7.15 s when the columns' concatenation became one
+  fusion (below), A/B alternating in one process.
   """
   kh, kw = kernel_shape[:2]
   (pt, pb), (pl, pr) = padding
@@ -138,11 +139,18 @@ def _weight_grad(x, g, kernel_shape, strides, padding):
     window = x if (sh, sw) == (1, 1) else x[:, ::sh, ::sw, :][:, :ho, :wo]
     return jnp.transpose(matmul(g_t, window.reshape(-1, c)))[None, None]
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  columns = jnp.concatenate([
-      lax.slice(xp, (0, i, j, 0),
-                (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                (1, sh, sw, 1))
-      for i in range(kh) for j in range(kw)], axis=-1)
+
+  def window(i, j):
+    return lax.slice(xp, (0, i, j, 0),
+                     (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                     (1, sh, sw, 1))
+
+  # (N, Ho, Wo, kh, kw, C), stacked in two levels on axes in front of C:
+  # XLA:CPU fuses the windows into such a concatenation, which it does not
+  # for one concatenation of more than 8 operands or along the minor axis
+  # (every window would be copied out first, then copied again).
+  columns = jnp.stack([jnp.stack([window(i, j) for j in range(kw)], axis=3)
+                       for i in range(kh)], axis=3)
   dw = matmul(g_t, columns.reshape(n * ho * wo, kh * kw * c))
   # (D, kh * kw * C) -> (kh, kw, C, D).
   return jnp.transpose(dw.reshape(d, kh, kw, c), (1, 2, 3, 0))
