@@ -21,10 +21,10 @@ Profiling the whole ResNet-101 CEN train step on XLA:CPU
 
 ``'cpu'`` kernels replace exactly these gradients and that ReLU, keeping
 the forward pass (``lax.conv_general_dilated``, XLA's convolution) and the
-input gradient (XLA's transposed convolution) as they are; ``'xla'`` kernels are the plain
-formulation XLA differentiates itself. ``'auto'`` picks ``'cpu'`` when JAX's
-default backend is the CPU and ``'xla'`` on GPU and TPU, where XLA's own
-gradients are fast (cuDNN, the TPU's convolution units). Both produce the
+input gradient (XLA's transposed convolution) as they are; ``'xla'``
+kernels are the plain formulation XLA differentiates itself. ``'auto'``
+picks ``'cpu'`` when JAX's default backend is the CPU and ``'xla'`` on GPU
+and TPU, where XLA's own gradients are fast (cuDNN, the TPU's convolution units). Both produce the
 same numbers up to float summation order (tests/test_kernels.py checks this
 on the CPU), and the max-pool gradients are identical, including ties: the
 gradient of each window goes to its first maximum in row-major order, which
@@ -140,7 +140,7 @@ def _weight_grad(x, g, kernel_shape, strides, padding):
     return jnp.transpose(matmul(g_t, window.reshape(-1, c)))[None, None]
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
 
-  def window(i, j):
+  def tap(i, j):  # The input window under kernel tap (i, j).
     return lax.slice(xp, (0, i, j, 0),
                      (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
                      (1, sh, sw, 1))
@@ -149,7 +149,7 @@ def _weight_grad(x, g, kernel_shape, strides, padding):
   # XLA:CPU fuses the windows into such a concatenation, which it does not
   # for one concatenation of more than 8 operands or along the minor axis
   # (every window would be copied out first, then copied again).
-  columns = jnp.stack([jnp.stack([window(i, j) for j in range(kw)], axis=3)
+  columns = jnp.stack([jnp.stack([tap(i, j) for j in range(kw)], axis=3)
                        for i in range(kh)], axis=3)
   dw = matmul(g_t, columns.reshape(n * ho * wo, kh * kw * c))
   # (D, kh * kw * C) -> (kh, kw, C, D).
