@@ -28,7 +28,8 @@ and TPU, where XLA's own gradients are fast (cuDNN, the TPU's convolution
 units). Both produce the same numbers up to float summation order
 (tests/test_kernels.py checks this on the CPU), and the max-pool
 gradients are identical, including ties: the gradient of each window goes
-to its first maximum in row-major order, which is what XLA's ``select_and_scatter`` (with ``>=``) and PyTorch's max-pool do.
+to its first maximum in row-major order, which is what XLA's
+``select_and_scatter`` (with ``>=``) and PyTorch's max-pool do.
 """
 
 import functools
