@@ -42,8 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
   # How conv weight gradients and max-pools are computed (same parameters
   # and numbers): 'auto' = the CPU formulation on CPU (shifted matmuls,
-  # separable pooling; cen_jax/core/kernels.py), XLA's own on GPU/TPU;
-  # 'xla' or 'cpu' force one.
+  # separable pooling; cen_jax/core/kernels.py, whose CPU programs also run
+  # convolutions on XLA's Eigen emitter instead of YNNPACK), XLA's own on
+  # GPU/TPU; 'xla' or 'cpu' force one.
   c.model.kernels = 'auto'
   # Recompute the encoder blocks' activations in the backward pass instead
   # of storing them (less memory for larger batches or crops; same numbers).

@@ -7,6 +7,7 @@ formulations against each other on a whole model.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,8 @@ import pytest
 from cen_jax.core import kernels
 from cen_jax.tasks.segmentation import losses
 from cen_jax.tasks.segmentation import models
+from cen_jax.training import loop
+from cen_jax.training import parallel
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -201,3 +204,72 @@ def test_add_relu_keeps_each_block_output_instead_of_recomputing_it():
   # blocks before it included: XLA:CPU's quadratic recomputation.
   assert counts['xla'] == k * (k + 1) // 2
   assert counts['cpu'] == k
+
+
+def _ynn_ops(hlo_text):
+  """The ops inside the YNNPACK fusions of a compiled module's text."""
+  called = set(re.findall(r'ynn_fusion[\w.]* = .*calls=(%[\w.]+)', hlo_text))
+  ops = []
+  for block in hlo_text.split('\n\n'):
+    name = block.lstrip().split(' ', 1)[0]
+    if name in called:
+      ops += re.findall(r'= \S+ (convolution|dot)\(', block)
+  return sorted(set(ops))
+
+
+def _conv_then_dot(x, w, m):
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=_DIMS)
+  return y.reshape(-1, y.shape[-1]) @ m
+
+
+def test_cpu_compiler_options_give_convolutions_to_eigen_and_dots_to_ynn():
+  assert kernels.compiler_options('xla') is None
+  options = kernels.compiler_options('cpu')
+  assert options == {'xla_cpu_experimental_ynn_fusion_type':
+                     'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+  assert kernels.compiler_options('auto') == options  # Tests run on CPU.
+  rng = np.random.default_rng(0)
+  # Big enough for XLA to give the conv to YNNPACK by default.
+  x = rng.standard_normal((1, 16, 16, 64)).astype(np.float32)
+  w = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+  m = rng.standard_normal((64, 32)).astype(np.float32)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(np.float64)
+  conv = sum(np.einsum('nhwc,cd->nhwd', xp[:, i:i + 16, j:j + 16], w[i, j])
+             for i in range(3) for j in range(3))
+  want = conv.reshape(-1, 64) @ m
+  ops = {}
+  for name, opts in (('default', None), ('cpu', options)):
+    compiled = jax.jit(_conv_then_dot, compiler_options=opts).lower(
+        x, w, m).compile()
+    ops[name] = _ynn_ops(compiled.as_text())
+    np.testing.assert_allclose(compiled(x, w, m), want, rtol=1e-4,
+                               atol=1e-3)
+  assert ops == {'default': ['convolution', 'dot'], 'cpu': ['dot']}
+
+
+def test_the_loop_compiles_train_and_eval_steps_with_the_tasks_options():
+  """jit_train_step / jit_eval_step pass ``compiler_options`` to XLA."""
+  options = kernels.compiler_options('cpu')
+  x = np.ones((1, 16, 16, 64), np.float32)
+  w = np.ones((3, 3, 64, 64), np.float32)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+
+  class Owner:  # A task's and a trainer's relevant attributes.
+    compiler_options = None
+
+    @staticmethod
+    def eval_step(variables, batch):
+      return jnp.sum(_conv_then_dot(batch, variables, jnp.ones((64, 1))))
+
+    @staticmethod
+    def train_step(state, batch, rng):
+      del rng
+      return state, {'loss': Owner.eval_step(state, batch)}
+
+  for opts, in_ynn in ((None, True), (options, False)):
+    Owner.compiler_options = opts
+    texts = [loop.jit_eval_step(Owner, mesh).lower(w, x).compile().as_text(),
+             loop.jit_train_step(Owner, mesh).lower(
+                 w, x, jax.random.key(0)).compile().as_text()]
+    assert [('convolution' in _ynn_ops(t)) for t in texts] == [in_ynn] * 2

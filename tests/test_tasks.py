@@ -36,6 +36,15 @@ def test_every_config_names_a_task_that_builds_without_data(name, tmp_path):
   leaves = jax.tree.leaves([net['params'] for net in networks])
   assert all(leaf.dtype == 'float32' for leaf in leaves)
   assert task.best.mode in ('max', 'min')
+  # The CPU's conv library for the train and eval steps (core.kernels);
+  # translation's networks use XLA's defaults.
+  cpu = {'xla_cpu_experimental_ynn_fusion_type':
+         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+  want = None if config.task == 'translation' or (
+      config.model.get('kernels', 'auto') == 'xla') else cpu
+  assert getattr(task, 'compiler_options', None) == want
+  trainer = task.trainer_for(10)
+  assert getattr(trainer, 'compiler_options', None) == want
   assert not (tmp_path / 'tfds').exists()
 
 

@@ -19,6 +19,14 @@ Profiling the whole ResNet-101 CEN train step on XLA:CPU
   ResNet-101 (23 blocks) recomputed its BN + add + ReLU chain quadratically
   (``add_relu``; 0.65 s of a 7.3-8.0 s step).
 
+A fourth is the library behind XLA:CPU's convolutions. XLA hands large
+ones to YNNPACK by default; its Eigen convolutions were faster in both
+directions on a 2-core AMD EPYC (ResNet-101 train step 16.0 s against
+17.9 s, eval 5.4 s against 6.1 s, A/B alternating in one process), so
+``'cpu'`` kernels also come with :func:`compiler_options` that keep
+YNNPACK for matmuls only; the tasks pass them to the train and eval steps'
+``jax.jit``.
+
 ``'cpu'`` kernels replace exactly these gradients and that ReLU, keeping
 the forward pass (``lax.conv_general_dilated``, XLA's convolution) and the
 input gradient (XLA's transposed convolution) as they are; ``'xla'``
@@ -51,6 +59,27 @@ def resolve(kernels: str) -> str:
   if kernels == 'auto':
     return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
   return kernels
+
+
+# XLA:CPU's YNNPACK library fusions, as its DebugOptions enum names them:
+# dots only, which leaves convolutions to XLA's own (Eigen) emitter.
+_YNN_DOTS_ONLY = {
+    'xla_cpu_experimental_ynn_fusion_type':
+        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+def compiler_options(kernels: str) -> dict[str, str] | None:
+  """XLA options for programs of a model built with ``kernels``.
+
+  ``'cpu'`` (on the CPU backend): convolutions by XLA's Eigen emitter, not
+  YNNPACK (see the module docstring for the measurement); matmuls stay with
+  YNNPACK. Anything else: None, XLA's defaults. The options change which
+  library computes a convolution, not its definition: results agree up to
+  float summation order (tests/test_kernels.py).
+  """
+  if resolve(kernels) == 'cpu' and jax.default_backend() == 'cpu':
+    return dict(_YNN_DOTS_ONLY)
+  return None
 
 
 @jax.custom_vjp

@@ -126,7 +126,8 @@ def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh):
   return jax.jit(
       functools.partial(_step_with_metrics, train_step=trainer.train_step),
       in_shardings=(rep, parallel.batch_sharded(mesh), rep),
-      out_shardings=(rep, rep), donate_argnums=0)
+      out_shardings=(rep, rep), donate_argnums=0,
+      compiler_options=getattr(trainer, 'compiler_options', None))
 
 
 def jit_eval_step(task: Task, mesh: jax.sharding.Mesh):
@@ -138,13 +139,14 @@ def jit_eval_step(task: Task, mesh: jax.sharding.Mesh):
   """
   rep = parallel.replicated(mesh)
   constants = getattr(task, 'eval_constants', None)
+  options = getattr(task, 'compiler_options', None)
   if constants is None:
     return jax.jit(task.eval_step,
                    in_shardings=(rep, parallel.batch_sharded(mesh)),
-                   out_shardings=rep)
+                   out_shardings=rep, compiler_options=options)
   fn = jax.jit(task.eval_step,
                in_shardings=(rep, parallel.batch_sharded(mesh), rep),
-               out_shardings=rep)
+               out_shardings=rep, compiler_options=options)
   constants = jax.device_put(constants, rep)
   return lambda variables, batch: fn(variables, batch, constants)
 

@@ -30,6 +30,10 @@ Contracts, for every task:
   have ``eval_constants`` (a pytree, or None): arrays the eval step needs
   besides the variables (a metric network's weights), which the loop passes
   as its third argument, ``eval_step(variables, batch, constants)``.
+* **Compiler options.** A task (for its eval step) and a trainer (for its
+  train step) may have ``compiler_options``, a dict of XLA options or None,
+  which the loop passes to ``jax.jit`` (e.g. which library runs the CPU's
+  convolutions, ``cen_jax.core.kernels.compiler_options``).
 * **Batches** are dicts of NumPy arrays whose leading axis is the example
   axis; the loop shards them over the ``'data'`` mesh axis.
 """

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from cen_jax.core import exchange_analysis
+from cen_jax.core import kernels
 from cen_jax.tasks.multitask import core
 from cen_jax.tasks.multitask import input_pipeline
 from cen_jax.tasks.multitask import metrics
@@ -108,6 +109,9 @@ class Multitask:
         available_inputs=input_pipeline.INPUTS)
     s = self.streams
     self.model = core.StreamCore(config.model, s)
+    # XLA options of the train and eval steps (the CPU's conv library).
+    self.compiler_options = kernels.compiler_options(
+        self.model.models[0].kernels)
     self.modalities = s.modalities
     self.kinds = {t: t for t in s.task_names}
     self.output_names = {t: s.streams_of(t) + ('ensemble',)
@@ -230,7 +234,7 @@ class Multitask:
             l1_groups=s.passes, lr_fns=lr_fns, input_index=s.input_index, stream_names=s.names,
             stream_tasks=s.tasks, kinds=self.kinds,
             loss_weights=self.loss_weights, total_steps=total),
-        loader=loader)
+        loader=loader, compiler_options=self.compiler_options)
 
   # Evaluation.
 

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from cen_jax.core import exchange_analysis
+from cen_jax.core import kernels
 from cen_jax.core import sparsity
 from cen_jax.tasks.segmentation import convert
 from cen_jax.tasks.segmentation import inference
@@ -103,6 +104,7 @@ class Trainer:
   create_state: Callable[[Any], dict[str, Any]]
   train_step: Callable[..., Any]
   loader: Callable[..., Any]
+  compiler_options: dict[str, Any] | None = None
 
 
 class Segmentation:
@@ -126,6 +128,8 @@ class Segmentation:
   def __init__(self, config: ml_collections.ConfigDict,
                workdir: epath.PathLike):
     self.model = models.build(config.model)
+    # XLA options of the train and eval steps (the CPU's conv library).
+    self.compiler_options = kernels.compiler_options(self.model.kernels)
     self.modalities = tuple(config.data.modalities)
     self.output_names = self.modalities + ('ensemble',)
     self.num_classes = int(config.model.num_classes)
@@ -215,7 +219,7 @@ class Segmentation:
             l1_coef=self._optim.l1_coef, l1_scope=self._optim.l1_scope,
             lr_fns=lr_fns, modality_names=self.modalities,
             total_steps=total),
-        loader=loader)
+        loader=loader, compiler_options=self.compiler_options)
 
   # Evaluation.
 
