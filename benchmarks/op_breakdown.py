@@ -31,6 +31,12 @@ matches; its layout copies (``copy``/``transpose`` fusions) go with what they
 feed. Times are the sum of per-op durations over all threads, so with
 intra-op parallelism they can exceed the wall time; the shares are what to
 read.
+
+XLA:CPU runs an Eigen convolution asynchronously: the profiler records only
+its launch, and its work lands in the executor's wait. Compile the profiled
+program with :func:`traceable_options`, which hands convolutions (and dots)
+to YNNPACK, XLA's default, whose calls the profiler times; the step that is
+timed may use Eigen's (``cen_jax.core.kernels.compiler_options``).
 """
 
 import collections
@@ -48,6 +54,35 @@ CATEGORIES = (
     'exchange', 'resizes', 'loss', 'batch norm', 'dropout',
     'optimiser + step', 'other (ReLU, residual adds, copies)',
 )
+
+# XLA:CPU's library fusions by YNNPACK, as its DebugOptions enum names them.
+_YNN_CONVS_AND_DOTS = {
+    'xla_cpu_experimental_ynn_fusion_type':
+        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
+        'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'}
+
+
+def traceable_options() -> dict[str, str] | None:
+  """Compiler options under which the profiler times every convolution.
+
+  For ``lowered.compile(compiler_options=...)``: on the CPU, convolutions
+  and matmuls by YNNPACK (synchronous, traced); elsewhere None.
+  """
+  return dict(_YNN_CONVS_AND_DOTS) if jax.default_backend() == 'cpu' else None
+
+
+def ynn_ops(hlo_text: str) -> list[str]:
+  """Which of convolution and dot run in YNNPACK fusions of a module.
+
+  ``hlo_text``: a compiled executable's ``as_text()``. Sorted, distinct.
+  """
+  called = set(re.findall(r'ynn_fusion[\w.]* = .*calls=(%[\w.]+)', hlo_text))
+  ops = set()
+  for block in hlo_text.split('\n\n'):
+    if block.lstrip().split(' ', 1)[0] in called:
+      ops.update(re.findall(r'= \S+ (convolution|dot)\(', block))
+  return sorted(ops)
+
 
 _COMPUTATION = re.compile(r'^%?([\w.\-]+) .*\{\s*$')
 _INSTRUCTION = re.compile(

@@ -7,13 +7,13 @@ formulations against each other on a whole model.
 """
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import op_breakdown
 from cen_jax.core import kernels
 from cen_jax.tasks.segmentation import losses
 from cen_jax.tasks.segmentation import models
@@ -206,17 +206,6 @@ def test_add_relu_keeps_each_block_output_instead_of_recomputing_it():
   assert counts['cpu'] == k
 
 
-def _ynn_ops(hlo_text):
-  """The ops inside the YNNPACK fusions of a compiled module's text."""
-  called = set(re.findall(r'ynn_fusion[\w.]* = .*calls=(%[\w.]+)', hlo_text))
-  ops = []
-  for block in hlo_text.split('\n\n'):
-    name = block.lstrip().split(' ', 1)[0]
-    if name in called:
-      ops += re.findall(r'= \S+ (convolution|dot)\(', block)
-  return sorted(set(ops))
-
-
 def _conv_then_dot(x, w, m):
   y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                    dimension_numbers=_DIMS)
@@ -242,7 +231,7 @@ def test_cpu_compiler_options_give_convolutions_to_eigen_and_dots_to_ynn():
   for name, opts in (('default', None), ('cpu', options)):
     compiled = jax.jit(_conv_then_dot, compiler_options=opts).lower(
         x, w, m).compile()
-    ops[name] = _ynn_ops(compiled.as_text())
+    ops[name] = op_breakdown.ynn_ops(compiled.as_text())
     np.testing.assert_allclose(compiled(x, w, m), want, rtol=1e-4,
                                atol=1e-3)
   assert ops == {'default': ['convolution', 'dot'], 'cpu': ['dot']}
@@ -272,4 +261,4 @@ def test_the_loop_compiles_train_and_eval_steps_with_the_tasks_options():
     texts = [loop.jit_eval_step(Owner, mesh).lower(w, x).compile().as_text(),
              loop.jit_train_step(Owner, mesh).lower(
                  w, x, jax.random.key(0)).compile().as_text()]
-    assert [('convolution' in _ynn_ops(t)) for t in texts] == [in_ynn] * 2
+    assert [('convolution' in op_breakdown.ynn_ops(t)) for t in texts] == [in_ynn] * 2

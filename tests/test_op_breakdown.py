@@ -66,3 +66,21 @@ def test_table_lists_every_category_with_its_share():
   assert '75.0%' in text and '25.0%' in text
   assert text.splitlines()[-1].split()[-1] == '4.000'
   assert len(text.splitlines()) == len(op_breakdown.CATEGORIES) + 2
+
+
+def test_traceable_options_put_every_convolution_in_a_timed_library_call():
+  """Eigen convolutions (the CPU kernels' choice) run asynchronously."""
+  x, w = jnp.ones((1, 16, 16, 64)), jnp.ones((3, 3, 64, 64))
+
+  def fn(x_, w_):
+    y = jax.lax.conv_general_dilated(
+        x_, w_, (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y.reshape(-1, 64) @ w_[0, 0]
+
+  lowered = jax.jit(fn, compiler_options=kernels.compiler_options(
+      'cpu')).lower(x, w)
+  assert op_breakdown.ynn_ops(lowered.compile().as_text()) == ['dot']
+  assert op_breakdown.ynn_ops(lowered.compile(
+      compiler_options=op_breakdown.traceable_options()).as_text()) == [
+          'convolution', 'dot']

@@ -19,6 +19,7 @@ import pytest
 
 from cen_jax import run as run_lib
 from cen_jax import tasks
+from cen_jax.core import kernels
 from cen_jax.core import resize
 from cen_jax.tasks.segmentation import export
 from cen_jax.tasks.segmentation import inference
@@ -152,7 +153,8 @@ def test_predict_a_modality_output_by_name(run, tmp_path):
                                   str(tmp_path / 'out'), output='depth')
   variables, _ = _restore(config, str(workdir))
   want = inference.make_predict_fn(
-      models.build(config.model).apply, variables, output=1)(
+      models.build(config.model).apply, variables, output=1,
+      compiler_options=kernels.compiler_options(config.model.kernels))(
           predict.read_example(predict.Example('a', {
               'rgb': src / 'rgb' / 'a.png',
               'depth': src / 'depth' / 'a.png'}), ('rgb', 'depth'))[1][:, None])

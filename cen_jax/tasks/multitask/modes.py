@@ -8,6 +8,7 @@ weights of a workdir's checkpoint, so a model can be used where its training
 data is absent.
 """
 
+import functools
 import json
 import pathlib
 from typing import Sequence
@@ -174,7 +175,7 @@ def predict(task: Multitask, workdir: str, source: str, output_dir: str, *,
   variables, step = loop.restore_variables(task, workdir, checkpoint)
   index = task.streams.input_index
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=task.compiler_options)
   def infer(x):  # (1, M, H, W, 3) -> {task: (S_t + 1, 1, H, W, C)}
     return steps.predictions(task.model, variables,
                              steps.stream_inputs(x, index), x.shape[2:4])

@@ -204,7 +204,8 @@ def make_predict_fn(apply_fn: ApplyFn, variables: Any, *,
                     scales: Sequence[float] = (1.0,), flip: bool = False,
                     output: Output = 'ensemble',
                     modality_names: Sequence[str] | None = None,
-                    pad_multiple: int | None = NETWORK_STRIDE
+                    pad_multiple: int | None = NETWORK_STRIDE,
+                    compiler_options: dict[str, Any] | None = None
                     ) -> Callable[[np.ndarray], np.ndarray]:
   """A jitted ``inputs -> full-resolution logits`` function for prediction.
 
@@ -223,6 +224,8 @@ def make_predict_fn(apply_fn: ApplyFn, variables: Any, *,
     modality_names: as for :func:`full_res_logits`.
     pad_multiple: pad to this multiple; None runs the official unpadded
       protocol.
+    compiler_options: XLA options for ``jax.jit`` (the task's
+      ``compiler_options``, ``core.kernels``).
 
   Returns:
     ``fn(inputs (M, B, H, W, 3)) -> (B, H, W, K)`` NumPy float32 logits
@@ -232,7 +235,8 @@ def make_predict_fn(apply_fn: ApplyFn, variables: Any, *,
                 modality_names=None if modality_names is None
                 else tuple(modality_names))
   run = jax.jit(functools.partial(full_res_logits, apply_fn, **static),
-                static_argnames=('out_size',))
+                static_argnames=('out_size',),
+                compiler_options=compiler_options)
 
   def predict(inputs: np.ndarray) -> np.ndarray:
     inputs = np.asarray(inputs, np.float32)

@@ -62,7 +62,8 @@ def predict(task: Segmentation, workdir: str, source: str, output_dir: str,
   variables, step = loop.restore_variables(task, workdir, checkpoint)
   predict_fn = inference.make_predict_fn(
       task.model.apply, variables, scales=task.scales, flip=task.flip,
-      output=parse_output(output), modality_names=task.modalities)
+      output=parse_output(output), modality_names=task.modalities,
+      compiler_options=task.compiler_options)
   logging.info('Predicting %s with the %s output of step %d, scales %s%s',
                source, output, step, task.scales,
                ' + flip' if task.flip else '')
