@@ -1,5 +1,7 @@
 """Known answers for the exchange variants."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,12 +201,13 @@ def test_the_model_draws_a_key_per_step_and_site_in_training_only():
               bn_mode='frozen', dropout_rate=0.0)
   model = models.build(tiny)
   x = jax.random.normal(jax.random.key(0), (2, 1, 32, 32, 3))
-  variables = model.init(jax.random.key(1), x)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
 
   def exchanged(key=None, train=True):
     rngs = {} if key is None else {'exchange': key}
-    _, state = model.apply(variables, x, train=train, rngs=rngs,
-                           mutable=['intermediates'])
+    _, state = jax.jit(functools.partial(
+        model.apply, train=train, mutable=['intermediates']))(
+            variables, x, rngs=rngs)
     inter = state['intermediates']['encoder']
     return [np.asarray(inter[b]['bn2_exchanged'][0])
             for b in ('layer1_0', 'layer2_0')]
@@ -214,7 +217,8 @@ def test_the_model_draws_a_key_per_step_and_site_in_training_only():
   assert not np.array_equal(a[0], b[0])
   # Evaluation needs no key and uses the fixed draw of 'random'.
   fixed = models.build(dict(tiny, exchange='random'))
-  _, state = fixed.apply(variables, x, mutable=['intermediates'])
+  _, state = jax.jit(functools.partial(
+      fixed.apply, mutable=['intermediates']))(variables, x)
   np.testing.assert_array_equal(
       exchanged(train=False)[1],
       state['intermediates']['encoder']['layer2_0']['bn2_exchanged'][0])

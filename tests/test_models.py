@@ -76,9 +76,10 @@ def test_any_number_of_modalities(num_modalities):
 def test_frozen_bn_trains_with_running_statistics():
   model, v = _tiny()
   x = jax.random.normal(jax.random.key(2), (2, 2, 37, 50, 3))
-  out_eval = model.apply(v, x, train=False)
-  out_train, updates = model.apply(v, x, train=True, mutable=['batch_stats'],
-                                   rngs={'dropout': jax.random.key(0)})
+  out_eval = jax.jit(functools.partial(model.apply, train=False))(v, x)
+  out_train, updates = jax.jit(functools.partial(
+      model.apply, train=True, mutable=['batch_stats']))(
+          v, x, rngs={'dropout': jax.random.key(0)})
   np.testing.assert_array_equal(out_train['modality_logits'],
                                 out_eval['modality_logits'])
   jax.tree.map(np.testing.assert_array_equal, updates['batch_stats'],
@@ -90,8 +91,9 @@ def test_batch_bn_normalises_each_modality_with_its_own_statistics():
   model, v = _tiny(bn_mode='batch')
   x0 = jax.random.normal(jax.random.key(3), (2, 37, 50, 3))
   x = jnp.stack([x0, 3.0 * x0])
-  out, updates = model.apply(v, x, train=True, mutable=['batch_stats',
-                                                        'intermediates'])
+  out, updates = jax.jit(functools.partial(
+      model.apply, train=True, mutable=['batch_stats', 'intermediates']))(
+          v, x)
   del out
   stem = updates['intermediates']['encoder']['stem'][0]
   np.testing.assert_allclose(stem[1], stem[0], rtol=0, atol=1e-3)
@@ -115,7 +117,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   model32, v = _tiny()
   model16 = models.build({**TINY, 'dtype': 'bfloat16'})
   x = jax.random.normal(jax.random.key(4), (2, 2, 37, 50, 3))
-  out32 = model32.apply(v, x, train=False)
+  out32 = jax.jit(functools.partial(model32.apply, train=False))(v, x)
   out16 = jax.jit(functools.partial(model16.apply, train=False))(v, x)
   assert out16['modality_logits'].dtype == jnp.float32
   assert v['params']['decoder']['clf_conv']['kernel'].dtype == jnp.float32
@@ -140,7 +142,7 @@ def test_encoder_remat_changes_memory_not_numbers():
                           'exchange': 'random_per_step',
                           'exchange_kwargs': {'ratio': 0.3},
                           'remat_encoder': remat})
-    v = model.init(jax.random.key(0), x)
+    v = jax.jit(model.init)(jax.random.key(0), x)
 
     def loss(params, model=model, v=v):
       out, state = model.apply(
