@@ -46,6 +46,36 @@ def _assert_trees_equal(got, want) -> None:
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
+def test_replicated_state_saves_without_compiling_on_cpu(tmp_path):
+  """On the CPU backend a replicated array is saved whole from replica 0:
+  no per-shape slice programs are compiled, and it restores bit for bit."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ('data',))
+  rep = NamedSharding(mesh, P())
+  state = jax.device_put(_state(3, 5), rep)
+  compiles = []
+
+  def listen(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+      ckpt.save_latest(5, state)
+      ckpt.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert compiles == []
+  template = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep)
+      if isinstance(x, jax.Array) else x, state)
+  with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:
+    got = ckpt.restore_latest(template).state
+  _assert_trees_equal(got, state)
+  assert got['params']['conv1']['kernel'].sharding == rep
+
+
 def test_latest_round_trip_is_bit_exact(tmp_path):
   state = _state(0, 7)
   data_state = {'next_index': 42, 'epoch': [1, 2]}

@@ -22,6 +22,7 @@ the next :class:`Checkpointer` opens.
 """
 
 import base64
+import copy
 import functools
 import json
 import math
@@ -34,10 +35,41 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint._src.serialization import type_handler_registry
 
 _LATEST = 'latest'
 _BEST = 'best'
 _BROKEN = 'broken'
+
+
+def _whole_arrays_on_cpu() -> None:
+  """On the CPU backend, orbax saves a replicated array whole, from replica 0.
+
+  By default orbax splits the save of a replicated array among its replicas
+  ("replica-parallel"): every device copies out its own slice through a
+  jitted slice program, one per array shape, compiled on first use. On an
+  accelerator that spreads the device-to-host copies over the devices. On
+  the CPU backend the devices share the host's memory: there is no copy to
+  spread, only the programs to compile. The tiny model's first save on 4
+  CPU devices took 4.8 s with them and 0.3 s without. Orbax itself already
+  turns it off on GPU. The on-disk format is the same either way.
+
+  This replaces orbax's default ``jax.Array`` handler in its global
+  registry by a copy with replica-parallel saving off, once, on the CPU
+  backend only; a handler a user registered is left alone.
+  """
+  if jax.default_backend() != 'cpu':
+    return
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  # pylint: disable=protected-access
+  if (type(handler) is not ocp.type_handlers.ArrayHandler
+      or not handler._use_replica_parallel):
+    return
+  whole = copy.copy(handler)
+  whole._use_replica_parallel = False
+  # pylint: enable=protected-access
+  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
+      jax.Array, whole, override=True, ignore_warnings=True)
 
 
 class BrokenCheckpointError(RuntimeError):
@@ -218,6 +250,7 @@ class Checkpointer:
       raise ValueError(f'keep_latest must be >= 1: {keep_latest}.')
     if mode not in ('max', 'min'):
       raise ValueError(f"mode must be 'max' or 'min': {mode!r}.")
+    _whole_arrays_on_cpu()
     root = _absolute(workdir) / 'checkpoints'
     self._metric_name = metric_name
     self._mode = mode
