@@ -92,6 +92,27 @@ def test_sharded_step_equals_single_device_step_and_does_not_recompile(
   assert int(one['step']) == 3
 
 
+def test_variable_shapes_are_traced_once_per_task(tmp_path, monkeypatch):
+  """The loop asks for them at restore, overview and eval: one trace."""
+  task = tasks.build(_config(tmp_path), tmp_path)
+  traces = []
+  init = task.init_variables
+  monkeypatch.setattr(task, 'init_variables',
+                      lambda rng: traces.append(1) or init(rng))
+  rep = parallel.replicated(parallel.make_mesh(jax.devices()[:2]))
+  plain, sharded = loop.abstract_variables(task), loop.abstract_variables(
+      task, rep)
+  loop.abstract_state(task, task.trainer(), rep)
+  assert len(traces) == 1
+  kernel = ('params', 'decoder', 'clf_conv', 'kernel')
+  get = lambda tree: functools.reduce(lambda t, k: t[k], kernel, tree)
+  assert get(plain).shape == get(sharded).shape == (3, 3, 16, 7)
+  assert get(plain).sharding is None and get(sharded).sharding == rep
+  # Another task object gets its own trace, of the same shapes here.
+  other = tasks.build(_config(tmp_path), tmp_path)
+  assert loop.abstract_variables(other) == plain
+
+
 def test_reported_loss_adds_the_l1_term(tmp_path):
   """loss = CE total + 6e-4 * sum|gamma| over the slices, as officially."""
   trainer, mesh, state = _setup_on(tmp_path, jax.devices()[:1])

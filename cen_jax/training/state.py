@@ -24,7 +24,13 @@ def abstract(fn: Callable[..., Any], *args: Any,
   Returns:
     The output's pytree of ``ShapeDtypeStruct``.
   """
-  shapes = jax.eval_shape(fn, *args)
+  return with_sharding(jax.eval_shape(fn, *args), sharding)
+
+
+def with_sharding(shapes: Any,
+                  sharding: jax.sharding.Sharding | None) -> Any:
+  """``shapes`` (a pytree of ``ShapeDtypeStruct``) with ``sharding`` on
+  every leaf, as new structs."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
       shapes)
