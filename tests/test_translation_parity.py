@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # Full-size networks at 256x256.
+# Full-size networks at 256x256: XLA's optimisations pay for themselves.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('xla_optimized')]
 
 from cen_jax.core import exchange
 from cen_jax.core import sparsity
