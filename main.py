@@ -38,8 +38,6 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from cen_jax import run
-
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).',
     lock_config=True)
@@ -106,25 +104,26 @@ class _DropOrbaxInfo(pylogging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # The command line first: a mistake is reported in a second or two, not
+  # after the heavy imports (TensorFlow alone takes seconds).
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  config.keys()  # A config file that failed to load raises its error here.
+  export_size = _check_mode_flags()
+  from cen_jax import run  # pylint: disable=g-import-not-at-top
   logging.get_absl_handler().addFilter(_DropOrbaxInfo())
   _hide_gpus_from_tensorflow()
   if _DISTRIBUTED.value or 'JAX_COORDINATOR_ADDRESS' in os.environ:
     jax.distributed.initialize()
   logging.info('JAX process %d / %d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  config, workdir = _CONFIG.value, _WORKDIR.value
   if _MODE.value == 'train':
     run.train_and_evaluate(config, workdir)
   elif _MODE.value == 'eval':
     run.evaluate(config, workdir, _CHECKPOINT.value)
   elif _MODE.value == 'import_torch':
-    if not _TORCH_CHECKPOINT.value:
-      raise app.UsageError('--mode=import_torch needs --torch_checkpoint')
     run.import_torch(config, workdir, _TORCH_CHECKPOINT.value,
                      allow_pickle=_TORCH_ALLOW_PICKLE.value)
   elif _MODE.value == 'predict':
-    if not (_INPUT.value and _OUTPUT.value):
-      raise app.UsageError('--mode=predict needs --input and --output')
     run.predict(config, workdir, _INPUT.value, _OUTPUT.value,
                 checkpoint=_CHECKPOINT.value,
                 output=_PREDICTION_OUTPUT.value,
@@ -132,13 +131,25 @@ def main(argv):
   elif _MODE.value == 'analyze':
     run.analyze(config, workdir, _OUTPUT.value, checkpoint=_CHECKPOINT.value)
   elif _MODE.value == 'export':
-    height, width = _export_size()
-    if not _OUTPUT.value:
-      raise app.UsageError('--mode=export needs --output')
+    height, width = export_size
     run.export_model(
         config, workdir, _OUTPUT.value, height=height, width=width,
         batch=_EXPORT_BATCH.value or None, checkpoint=_CHECKPOINT.value,
         bake_variables=_EXPORT_BAKE.value)
+
+
+def _check_mode_flags() -> tuple[int, int] | None:
+  """The flags the mode needs; for export, its ``(height, width)``."""
+  if _MODE.value == 'import_torch' and not _TORCH_CHECKPOINT.value:
+    raise app.UsageError('--mode=import_torch needs --torch_checkpoint')
+  if _MODE.value == 'predict' and not (_INPUT.value and _OUTPUT.value):
+    raise app.UsageError('--mode=predict needs --input and --output')
+  if _MODE.value == 'export':
+    size = _export_size()
+    if not _OUTPUT.value:
+      raise app.UsageError('--mode=export needs --output')
+    return size
+  return None
 
 
 def _export_size() -> tuple[int, int]:
