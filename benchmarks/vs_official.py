@@ -23,8 +23,13 @@ so that the two runtimes' thread pools and allocators do not interfere),
 fed the same batch. They alternate: ``--rounds`` rounds of
 ``--steps`` official steps then ``--steps`` of ours, after ``--warmup`` untimed
 steps each, so drift on a noisy machine hits both alike; ``--eval`` also times
-the forward passes (official ``model.eval()`` under ``no_grad``, ours the
-jitted eval step).
+the forward passes, like for like: the official ``model.eval()`` under
+``no_grad``, ours the jitted ``model.apply(..., train=False)`` with the
+task's compiler options (all outputs at 1/4 resolution, as the official
+model returns them), and, for information, our whole eval step (the forward,
+the official protocol's bicubic upsampling of every output to the label
+size, argmax and confusion matrices), which has no official counterpart
+timed here.
 
 Printed: the command and versions, both medians (and p90), ours' per-op
 category breakdown from the profiler (``benchmarks/op_breakdown.py``; the
@@ -38,6 +43,7 @@ if __name__ == '__main__':
   from cen_jax.training import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.reexec_with_kept_memory()
 
+import functools
 import json
 import os
 import re
@@ -51,6 +57,7 @@ from typing import Any, Callable
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
@@ -276,26 +283,42 @@ def main(argv):
 
   eval_calls = None
   if train_step._EVAL.value:  # pylint: disable=protected-access
+    shapes = loop.abstract_variables(task)
     eval_compiled = loop.jit_eval_step(task, mesh).lower(
-        state_lib.subtree(state, loop.abstract_variables(task)),
-        batch).compile()
+        state_lib.subtree(state, shapes), batch).compile()
+    # (B, M, H, W, 3) -> (M, B, H, W, 3), the model's input.
+    x = jax.jit(lambda a: jnp.moveaxis(a, 1, 0))(batch['inputs'])
+    forward_compiled = jax.jit(
+        functools.partial(task.model.apply, train=False),
+        compiler_options=task.compiler_options).lower(
+            state_lib.subtree(state, shapes), x).compile()
 
-    def ours_eval():
-      variables = state_lib.subtree(holder[0], loop.abstract_variables(task))
+    def ours_forward():
+      variables = state_lib.subtree(holder[0], shapes)
+      jax.block_until_ready(forward_compiled(variables, x))
+
+    def ours_eval_step():
+      variables = state_lib.subtree(holder[0], shapes)
       jax.block_until_ready(eval_compiled(variables, batch))
 
-    eval_calls = ours_eval
+    eval_calls = ours_forward, ours_eval_step
 
-  warmup, steps = train_step._WARMUP.value, train_step._STEPS.value  # pylint: disable=protected-access
+  warmup, num_steps = train_step._WARMUP.value, train_step._STEPS.value  # pylint: disable=protected-access
   theirs.run('train', warmup)
   _seconds(ours_step, warmup)
-  times = {'official': [], 'ours': [], 'official eval': [], 'ours eval': []}
+  times = {'official': [], 'ours': [], 'official eval': [], 'ours eval': [],
+           'ours eval step': []}
+  if eval_calls:
+    theirs.run('eval', 1)
+    _seconds(eval_calls[0], 1)
+    _seconds(eval_calls[1], 1)
   for _ in range(_ROUNDS.value):
-    times['official'] += theirs.run('train', steps)
-    times['ours'] += _seconds(ours_step, steps)
+    times['official'] += theirs.run('train', num_steps)
+    times['ours'] += _seconds(ours_step, num_steps)
     if eval_calls:
-      times['official eval'] += theirs.run('eval', steps)
-      times['ours eval'] += _seconds(eval_calls, steps)
+      times['official eval'] += theirs.run('eval', num_steps)
+      times['ours eval'] += _seconds(eval_calls[0], num_steps)
+      times['ours eval step'] += _seconds(eval_calls[1], num_steps)
   theirs.close()
   tmp.cleanup()
 
@@ -312,11 +335,12 @@ def main(argv):
       f'{config.model.num_classes} classes; ours: kernels '
       f'{config.model.kernels}, dtype {config.model.dtype}, compile '
       f'{compile_s:.1f} s; {warmup} warm-up + {_ROUNDS.value} rounds x '
-      f'{steps} steps each, alternating',
+      f'{num_steps} steps each, alternating',
       '']
   for name, values in times.items():
     if values:
-      label = name if 'eval' in name else f'{name} train step'
+      label = (f'{name} forward' if name.endswith(' eval') else name
+               if 'eval' in name else f'{name} train step')
       lines.append(f'{label:<24}{_stats(values)}')
   if eval_calls:
     lines.append(f'ratio ours/official, eval forward: '
