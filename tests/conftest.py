@@ -14,7 +14,9 @@ _CACHE = os.environ.get(
     'CEN_JAX_TEST_CACHE',
     str(pathlib.Path(__file__).resolve().parent.parent / '.jax_cache'))
 jax.config.update('jax_compilation_cache_dir', _CACHE)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+# Every program, however quick to compile: tests build new jitted functions
+# for the same programs, and subprocesses start with an empty memory cache.
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 # Tests run tiny shapes: compile time dominates, so skip XLA's heavy passes.
 # Numerics are unchanged (the parity tests pass with it on).
