@@ -49,17 +49,18 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from cen_jax.core import kernels
+
 CATEGORIES = (
     'conv forward', 'conv input grad', 'conv weight grad', 'pooling',
     'exchange', 'resizes', 'loss', 'batch norm', 'dropout',
     'optimiser + step', 'other (ReLU, residual adds, copies)',
 )
 
-# XLA:CPU's library fusions by YNNPACK, as its DebugOptions enum names them.
+# XLA:CPU's library fusions by YNNPACK: convolutions and dots.
 _YNN_CONVS_AND_DOTS = {
-    'xla_cpu_experimental_ynn_fusion_type':
-        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
-        'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'}
+    kernels.YNN_FUSION_TYPE: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
+                             'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'}
 
 
 def traceable_options() -> dict[str, str] | None:

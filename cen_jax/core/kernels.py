@@ -61,11 +61,11 @@ def resolve(kernels: str) -> str:
   return kernels
 
 
-# XLA:CPU's YNNPACK library fusions, as its DebugOptions enum names them:
-# dots only, which leaves convolutions to XLA's own (Eigen) emitter.
-_YNN_DOTS_ONLY = {
-    'xla_cpu_experimental_ynn_fusion_type':
-        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+# The XLA:CPU option that picks which ops YNNPACK library fusions take; its
+# values are DebugOptions enum names, comma-separated.
+YNN_FUSION_TYPE = 'xla_cpu_experimental_ynn_fusion_type'
+# Dots only, which leaves convolutions to XLA's own (Eigen) emitter.
+_YNN_DOTS_ONLY = {YNN_FUSION_TYPE: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
 def compiler_options(kernels: str) -> dict[str, str] | None:
