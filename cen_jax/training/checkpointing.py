@@ -42,6 +42,7 @@ _BEST = 'best'
 _BROKEN = 'broken'
 
 
+@functools.cache
 def _whole_arrays_on_cpu() -> None:
   """On the CPU backend, orbax saves a replicated array whole, from replica 0.
 
@@ -56,7 +57,10 @@ def _whole_arrays_on_cpu() -> None:
 
   This replaces orbax's default ``jax.Array`` handler in its global
   registry by a copy with replica-parallel saving off, once, on the CPU
-  backend only; a handler a user registered is left alone.
+  backend only; a handler a user registered is left alone. The first
+  :class:`Checkpointer` calls it, not the import: asking for the backend
+  at import time would start JAX before a user's ``jax.distributed`` or
+  device-count setup.
   """
   if jax.default_backend() != 'cpu':
     return
