@@ -306,8 +306,11 @@ def main(argv):
   warmup, num_steps = train_step._WARMUP.value, train_step._STEPS.value  # pylint: disable=protected-access
   theirs.run('train', warmup)
   _seconds(ours_step, warmup)
-  times = {'official': [], 'ours': [], 'official eval': [], 'ours eval': [],
-           'ours eval step': []}
+  labels = {'official': 'official train step', 'ours': 'ours train step',
+            'official eval': 'official eval forward',
+            'ours eval': 'ours eval forward',
+            'ours eval step': 'ours eval step'}
+  times = {name: [] for name in labels}
   if eval_calls:
     theirs.run('eval', 1)
     _seconds(eval_calls[0], 1)
@@ -339,9 +342,7 @@ def main(argv):
       '']
   for name, values in times.items():
     if values:
-      label = (f'{name} forward' if name.endswith(' eval') else name
-               if 'eval' in name else f'{name} train step')
-      lines.append(f'{label:<24}{_stats(values)}')
+      lines.append(f'{labels[name]:<24}{_stats(values)}')
   if eval_calls:
     lines.append(f'ratio ours/official, eval forward: '
                  f'{np.median(times["ours eval"]) / np.median(times["official eval"]):.2f}')
