@@ -29,6 +29,8 @@ import jax
 port, pid, workdir, crash_after = sys.argv[1:5]
 jax.distributed.initialize(coordinator_address=f'localhost:{port}',
                            num_processes=2, process_id=int(pid))
+from tests.test_multiprocess import cache_every_process
+cache_every_process()
 from cen_jax import run
 from cen_jax.training import loop
 from tests.test_multiprocess import config_for
@@ -45,6 +47,35 @@ if int(crash_after):
   loop.jit_train_step = crashing_jit
 run.train_and_evaluate(config_for(pathlib.Path(workdir).parent), workdir)
 '''
+
+
+def cache_every_process() -> None:
+  """Let every process of the test write the persistent compile cache.
+
+  JAX writes it from process 0 only, so that the hosts of a pod do not
+  contend for one file. On the CPU backend each process's cache key differs
+  (it hashes the process's own view of the topology), so process 1 never
+  found an entry and compiled every program afresh in each of this test's
+  three runs: about 26 s a run, while process 0 waited at the first
+  collective. Each process writes under its own key here, so no two write
+  one file.
+  """
+  # pylint: disable=protected-access,import-outside-toplevel
+  from jax._src import compilation_cache
+  from jax._src import compiler
+  from jax._src import distributed
+
+  write = compiler._cache_write
+
+  def cache_write(cache_key, compile_time_secs, module_name, backend,
+                  executable, host_callbacks):
+    if distributed.global_state.process_id == 0 or host_callbacks:
+      return write(cache_key, compile_time_secs, module_name, backend,
+                   executable, host_callbacks)
+    compilation_cache.put_executable_and_time(
+        cache_key, module_name, executable, backend, int(compile_time_secs))
+
+  compiler._cache_write = cache_write
 
 
 def config_for(root: pathlib.Path):
