@@ -1,9 +1,15 @@
-"""Test-wide JAX settings: 4 fake CPU devices and a persistent compile cache."""
+"""Test-wide JAX settings: 4 fake CPU devices and a persistent compile cache.
 
+Also the end-of-run report of where the suite's time went in JAX (tracing,
+lowering, compiling), summed over the xdist workers.
+"""
+
+import collections
 import os
 import pathlib
 
 import jax
+from jax import monitoring
 import pytest
 
 # Must run before the first JAX computation. Sharding tests need 4 devices;
@@ -35,3 +41,62 @@ def xla_optimized():
   jax.config.update('jax_disable_most_optimizations', False)
   yield
   jax.config.update('jax_disable_most_optimizations', before)
+
+
+# JAX's own duration events, and the names the report gives them. A compile
+# that the persistent cache answers is timed as a compile too (the load).
+_JAX_EVENTS = {
+    '/jax/core/compile/jaxpr_trace_duration': 'tracing',
+    '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lowering to StableHLO',
+    '/jax/core/compile/backend_compile_duration':
+        'XLA compile, or load from the cache',
+}
+_CACHE_HITS = '/jax/compilation_cache/cache_hits'
+_jax_seconds = collections.Counter()
+_jax_counts = collections.Counter()
+
+
+def _on_duration(event, duration, **_):
+  if event in _JAX_EVENTS:
+    _jax_seconds[event] += duration
+    _jax_counts[event] += 1
+
+
+def _on_event(event, **_):
+  if event == _CACHE_HITS:
+    _jax_counts[event] += 1
+
+
+monitoring.register_event_duration_secs_listener(_on_duration)
+monitoring.register_event_listener(_on_event)
+
+
+def pytest_sessionfinish(session):
+  """An xdist worker hands its sums to the controller."""
+  workeroutput = getattr(session.config, 'workeroutput', None)
+  if workeroutput is not None:
+    workeroutput['jax_seconds'] = dict(_jax_seconds)
+    workeroutput['jax_counts'] = dict(_jax_counts)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # pylint: disable=unused-argument
+  """The controller adds up its workers' sums."""
+  output = getattr(node, 'workeroutput', {})
+  _jax_seconds.update(output.get('jax_seconds', {}))
+  _jax_counts.update(output.get('jax_counts', {}))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+  if hasattr(config, 'workeroutput') or not _jax_counts:
+    return
+  terminalreporter.section('time in JAX, summed over the test processes')
+  for event, name in _JAX_EVENTS.items():
+    terminalreporter.write_line(
+        f'{name:<38}{_jax_seconds[event]:8.1f} s  '
+        f'({_jax_counts[event]} calls)')
+  terminalreporter.write_line(
+      f'{"of those compiles, persistent-cache hits":<38}'
+      f'{_jax_counts[_CACHE_HITS]:8d}')
+  terminalreporter.write_line(
+      '(not counted: the subprocesses some tests start)')
