@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cen_jax.core import programs
 from cen_jax.tasks.segmentation import models
 
 TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,
@@ -13,16 +14,16 @@ TINY = dict(depth='tiny', num_classes=5, exchange='bn_threshold', width=8,
 
 
 def random_variables(model, num_modalities=2, seed=0, bias_std=None):
-  """Random variables for ``model`` (eval_shape: no slow init).
+  """Random variables for ``model`` (shapes only: no slow init).
 
   Fan-in scaled weights keep the activations O(1) through the network.
   ``bias_std`` (default: the same fan-in rule, i.e. std 1) sets the biases'
   spread instead; a small one keeps a classifier bias from deciding the
   class on its own. Running variances are drawn from U(0.5, 1.5).
   """
-  shapes = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.key(0),
-                          jnp.zeros((num_modalities, 1, 32, 32, 3)))
+  x = jax.ShapeDtypeStruct((num_modalities, 1, 32, 32, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda rng: programs.init(model, rng, x, train=False),
+                          jax.random.key(0))
   rng = np.random.default_rng(seed)
 
   def draw(path, s):

@@ -141,6 +141,17 @@ class StreamCore:
       self._tasks, self.models = tuple(self._tasks), tuple(built)
     self.exchange = self.models[0].exchange
 
+  # Equal and hashable by value, as a Flax module is, so that jitted
+  # programs taking it as a static argument are shared by equal networks
+  # (``cen_jax.core.programs``). The models follow from the streams and
+  # the model config.
+  def __eq__(self, other: Any) -> bool:
+    return (isinstance(other, StreamCore) and
+            (self.streams, self.models) == (other.streams, other.models))
+
+  def __hash__(self) -> int:
+    return hash((self.streams, self.models))
+
   def init(self, rng: jax.Array, x: jnp.ndarray, *, train: bool = False
            ) -> Any:
     """Variables of all streams; ``x`` is ``(S, B, H, W, 3)``."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from cen_jax.core import exchange_analysis
 from cen_jax.core import kernels
+from cen_jax.core import programs
 from cen_jax.tasks.multitask import core
 from cen_jax.tasks.multitask import input_pipeline
 from cen_jax.tasks.multitask import metrics
@@ -176,12 +177,12 @@ class Multitask:
 
   def init_variables(self, rng: jax.Array) -> Any:
     """Random ``{'params', 'batch_stats'}``."""
-    return self.model.init(rng, self.dummy_input(), train=False)
+    return programs.init(self.model, rng, self.dummy_input(), train=False)
 
   def start_variables(self, rng: jax.Array) -> Any:
     """The random init, with the ImageNet encoder if the config names one
     (every stream's BN starts from the same ImageNet statistics)."""
-    return with_imagenet_encoder(jax.jit(self.init_variables)(rng),
+    return with_imagenet_encoder(self.init_variables(rng),
                                  self._imagenet_checkpoint)
 
   # Data.

@@ -28,6 +28,7 @@ import optax
 
 from cen_jax.core import exchange_analysis
 from cen_jax.core import kernels
+from cen_jax.core import programs
 from cen_jax.core import sparsity
 from cen_jax.tasks.segmentation import convert
 from cen_jax.tasks.segmentation import inference
@@ -152,11 +153,11 @@ class Segmentation:
 
   def init_variables(self, rng: jax.Array) -> Any:
     """Random ``{'params', 'batch_stats'}``."""
-    return self.model.init(rng, self.dummy_input(), train=False)
+    return programs.init(self.model, rng, self.dummy_input(), train=False)
 
   def start_variables(self, rng: jax.Array) -> Any:
     """The random init, with the ImageNet encoder if the config names one."""
-    return with_imagenet_encoder(jax.jit(self.init_variables)(rng),
+    return with_imagenet_encoder(self.init_variables(rng),
                                  self._imagenet_checkpoint)
 
   # Data.

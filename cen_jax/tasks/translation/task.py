@@ -39,6 +39,7 @@ import optax
 
 from cen_jax.core import exchange as exchange_lib
 from cen_jax.core import exchange_analysis
+from cen_jax.core import programs
 from cen_jax.core import sparsity
 from cen_jax.tasks.translation import fid as fid_lib
 from cen_jax.tasks.translation import input_pipeline
@@ -203,11 +204,11 @@ class Translation:
     x = self.dummy_input()
     y = jnp.zeros((len(self.targets),) + x.shape[1:]) if self.multitask \
         else x[0]
-    return {'generator': self.generator.init(g_rng, x),
-            'discriminator': self.discriminator.init(d_rng, x, y)}
+    return {'generator': programs.init(self.generator, g_rng, x),
+            'discriminator': programs.init(self.discriminator, d_rng, x, y)}
 
   def start_variables(self, rng: jax.Array) -> dict[str, Any]:
-    return jax.jit(self.init_variables)(rng)
+    return self.init_variables(rng)
 
   # Data.
 
