@@ -69,19 +69,33 @@ def _setup_on(tmp_path, devices):
   return trainer, mesh, loop.create_state(trainer, mesh, variables)
 
 
-def test_sharded_step_equals_single_device_step_and_does_not_recompile(
-    tmp_path):
-  results = []
+@pytest.fixture(scope='module')
+def three_steps(tmp_path_factory):
+  """``{devices: (state, first step's metrics, last step's metrics,
+  programs compiled)}`` after three steps on 1 and on 4 devices, from the
+  same start."""
+  tmp_path = tmp_path_factory.mktemp('steps')
+  results = {}
   for devices in (jax.devices()[:1], jax.devices()[:4]):
     trainer, mesh, state = _setup_on(tmp_path, devices)
     step_fn = loop.jit_train_step(trainer, mesh)
+    metrics = []
     for i in range(3):
       batch = parallel.global_batch(_random_batch(4, seed=i), mesh)
       state, m = step_fn(state, batch, jax.random.key(1))
-    assert step_fn._cache_size() == 1  # pylint: disable=protected-access
+      metrics.append(jax.device_get(m.compute()))
     assert len(state['params']['alpha'].sharding.device_set) == len(devices)
-    results.append(jax.device_get((state, m.compute())))
-  (one, m1), (four, m4) = results
+    programs = step_fn._cache_size()  # pylint: disable=protected-access
+    results[len(devices)] = (jax.device_get(state), metrics[0], metrics[-1],
+                             programs)
+  return results
+
+
+def test_sharded_step_equals_single_device_step_and_does_not_recompile(
+    three_steps):
+  (one, _, m1, programs1), (four, _, m4, programs4) = (three_steps[1],
+                                                      three_steps[4])
+  assert programs1 == programs4 == 1
   np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-4,
                                  atol=1e-6),
@@ -113,13 +127,9 @@ def test_variable_shapes_are_traced_once_per_task(tmp_path, monkeypatch):
   assert loop.abstract_variables(other) == plain
 
 
-def test_reported_loss_adds_the_l1_term(tmp_path):
+def test_reported_loss_adds_the_l1_term(three_steps):
   """loss = CE total + 6e-4 * sum|gamma| over the slices, as officially."""
-  trainer, mesh, state = _setup_on(tmp_path, jax.devices()[:1])
-  step_fn = loop.jit_train_step(trainer, mesh)
-  batch = parallel.global_batch(_random_batch(4), mesh)
-  _, m = step_fn(state, batch, jax.random.key(1))
-  m = m.compute()
+  _, m, _, _ = three_steps[1]  # the first step's, from gamma = 1
   # Width 8: bn2 widths 8, 16, 32, 64 with gamma = 1, each modality
   # penalised on its half: 2 * (4 + 8 + 16 + 32) = 120.
   np.testing.assert_allclose(float(m['l1']), 120.0)
@@ -127,37 +137,39 @@ def test_reported_loss_adds_the_l1_term(tmp_path):
                              6e-4 * 120.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize('variant', ['bn_threshold', 'random_per_step'])
+def _resume_config(root):
+  """The resume tests' run: 12 steps of an exchange that draws a new random
+  subset every step (a resume must also restore the key stream), with a
+  checkpoint every 2 steps. The tests share its programs and its
+  uninterrupted run."""
+  c = _config(root)
+  c.model.exchange = 'random_per_step'
+  c.model.exchange_kwargs = {'ratio': 0.25}
+  c.optim.stage_epochs = (3,)  # 12 steps
+  return c
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """The final state of an uninterrupted run of ``_resume_config``."""
+  root = tmp_path_factory.mktemp('straight')
+  config = _resume_config(root)
+  run.train_and_evaluate(config, str(root / 'run'))
+  return _final_state(config, root / 'run')
+
+
 def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch,
-                                                   variant):
-  """Also for an exchange that draws a new random subset every step."""
-
-  def config():
-    c = _config(tmp_path)
-    c.model.exchange = variant
-    c.model.exchange_kwargs = {} if variant == 'bn_threshold' else {
-        'ratio': 0.25}
-    return c
-
-  straight = tmp_path / 'straight'
-  run.train_and_evaluate(config(), str(straight))
-
+                                                   straight_run):
+  config = _resume_config(tmp_path)
   resumed = tmp_path / 'resumed'
-  crash.train_killed_at_call(monkeypatch, config(), resumed)
+  crash.train_killed_at_call(monkeypatch, config, resumed)
   with checkpointing.Checkpointer(resumed) as ckpt:
     assert ckpt.latest_step == 2
-  summary = run.train_and_evaluate(config(), str(resumed))
+  summary = run.train_and_evaluate(config, str(resumed))
   assert 'eval/ensemble/miou' in summary
-
-  def final_params(workdir):
-    task = tasks.build(config(), workdir)
-    template = loop.abstract_state(task, task.trainer())
-    with checkpointing.Checkpointer(workdir) as ckpt:
-      return jax.device_get(ckpt.restore_latest(template).state)
-
-  a, b = final_params(straight), final_params(resumed)
-  assert int(a['step']) == int(b['step']) == 4
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  b = _final_state(config, resumed)
+  assert int(straight_run['step']) == int(b['step']) == 12
+  jax.tree.map(np.testing.assert_array_equal, straight_run, b)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
@@ -178,7 +190,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
 
 
 @pytest.mark.slow
-def test_preemption_sigterm_saves_at_a_step_boundary_and_resumes(tmp_path):
+def test_preemption_sigterm_saves_at_a_step_boundary_and_resumes(
+    tmp_path, straight_run):
   """SIGTERM to a training process mid-run: it saves the step it is at and
   exits cleanly; the rerun resumes there and ends bit-identical to an
   uninterrupted run."""
@@ -208,11 +221,9 @@ def test_preemption_sigterm_saves_at_a_step_boundary_and_resumes(tmp_path):
   assert 3 <= saved < 12 and f'latest/{saved}' in stopped[0]
 
   run.train_and_evaluate(config, str(workdir))
-  straight = tmp_path / 'straight'
-  run.train_and_evaluate(config, str(straight))
-  a, b = _final_state(config, straight), _final_state(config, workdir)
-  assert int(a['step']) == int(b['step']) == 12
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  b = _final_state(config, workdir)
+  assert int(straight_run['step']) == int(b['step']) == 12
+  jax.tree.map(np.testing.assert_array_equal, straight_run, b)
 
 
 def _same_jax() -> dict[str, str]:
@@ -229,8 +240,7 @@ def _same_jax() -> dict[str, str]:
 
 
 def _preemption_config(tmp_path):
-  c = _config(tmp_path)
-  c.optim.stage_epochs = (3,)  # 12 steps
+  c = _resume_config(tmp_path)
   c.train.checkpoint_every_steps = 0  # only at the end
   return c
 
