@@ -43,6 +43,20 @@ def xla_optimized():
   jax.config.update('jax_disable_most_optimizations', before)
 
 
+def pytest_collection_modifyitems(items):
+  """Files with a ``slow`` test first, then by number of tests.
+
+  pytest-xdist hands whole files to the workers in this order (with
+  ``--no-loadscope-reorder``, set in pyproject.toml; its own reordering is
+  by number of tests alone). That put the one-test, two-minute
+  multiprocess file last, and the other worker idled through it: 136 s of
+  a cold run. Long files first leaves short ones to even out the end.
+  """
+  slow = {item.path for item in items if item.get_closest_marker('slow')}
+  count = collections.Counter(item.path for item in items)
+  items.sort(key=lambda item: (item.path not in slow, -count[item.path]))
+
+
 # JAX's own duration events, and the names the report gives them. A compile
 # that the persistent cache answers is timed as a compile too (the load).
 _JAX_EVENTS = {
