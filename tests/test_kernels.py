@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks import op_breakdown
 from cen_jax.core import kernels
+from cen_jax.core import programs
 from cen_jax.tasks.segmentation import losses
 from cen_jax.tasks.segmentation import models
 from cen_jax.training import loop
@@ -145,7 +146,7 @@ def test_tiny_model_is_the_same_with_either_formulation():
     model = models.build(dict(depth='tiny', num_classes=5, width=16,
                               decoder_features=(32, 16),
                               exchange='bn_threshold', kernels=impl))
-    variables = model.init(jax.random.key(0), x)
+    variables = programs.init(model, jax.random.key(0), x)
     results[impl] = jax.device_get(
         (variables, _loss_and_grads(model, variables, x, labels)))
   (v_xla, ((l_xla, o_xla), g_xla)) = results['xla']
